@@ -158,7 +158,7 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
-        raise RecipeError(f"{where}: unknown key {prefix}{unknown[0]!r} (known keys here: {known})")
+        raise RecipeError(f"{where}: unknown key {prefix + unknown[0]!r} (known keys here: {known})")
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
