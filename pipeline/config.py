@@ -44,6 +44,9 @@ class QuantizationConfig:
     # What to do when 4-bit cannot train on this device (CPU, no bitsandbytes backend, adapters get no gradient):
     # "error" refuses to run; "fallback" trains LoRA on an unquantized base and says so in the report.
     on_unsupported: Literal["error", "fallback"] = "fallback"
+    # Try bitsandbytes' CPU 4-bit layers instead of treating a CPU as unsupported. Off by default: with SmolLM2-135M
+    # the adapters on CPU 4-bit layers got zero gradient. The adapter-gradient guard checks either way.
+    allow_cpu: bool = False
 
 
 @dataclass
