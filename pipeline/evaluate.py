@@ -1,0 +1,310 @@
+"""Multiple-choice accuracy by log-likelihood, the way lm-evaluation-harness scores ``medqa_4options``.
+
+Two scorings, both comparing the log-likelihood of each choice's tokens after the same prompt
+(``pipeline.prompts.format_prompt``):
+
+* ``letter``: the choices are " A".." E" (as many as the question has); the prediction is the argmax. This is
+  lm-eval's medqa_4options (its ``acc``).
+* ``cloze``: the choices are " " + each option's text. ``accuracy`` is the argmax of the summed log-likelihood;
+  ``acc_norm`` is lm-eval's length normalization: the argmax of log-likelihood divided by the choice's length in
+  characters (``len(choice)`` of the option text, without the leading space), which removes the bias towards
+  short options.
+
+How a batch is scored (``method="shared-prompt"``, the default): the prompts of up to ``batch_size`` questions
+run once, right-padded, with the KV cache on; the first token of every choice is read from the prompt's last
+logits (for single-token letter choices that is the whole score: one forward pass per question instead of one
+per option); then the cache is gathered to one row per (question, choice) and only the remaining choice tokens
+run, with explicit position ids so each choice continues exactly where its own prompt ended. Right padding
+cannot change a score: real tokens never attend to padding (mask) and keep their positions; tests check that a
+question scores the same alone and next to longer neighbours, and that this path equals the plain
+one-sequence-per-choice path (``method="full"``, also the fallback for models whose cache cannot be gathered).
+Both work on transformers 4.57 and 5.x (``DynamicCache.batch_select_indices`` and tensor ``logits_to_keep``
+exist in both).
+
+The model is evaluated in its own dtype; log-softmax is taken in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+
+from pipeline.data import Question
+from pipeline.prompts import bos_prefix, continuations, encode_pair, format_prompt
+
+Scoring = Literal["letter", "cloze"]
+
+
+@dataclass
+class EvalResult:
+    """``metrics``: accuracy, counts, per-meta_info breakdown; ``predictions``: one dict per question."""
+
+    metrics: dict[str, Any]
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    context: list[int]  # BOS + prompt tokens
+    choices: list[list[int]]  # tokens of each continuation
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[Question],
+    *,
+    scoring: Scoring,
+    batch_size: int = 8,
+    limit: int | None = None,
+    method: Literal["shared-prompt", "full"] = "shared-prompt",
+    max_length: int | None = None,
+) -> EvalResult:
+    """Score every question (the first ``limit`` ones if given) and return metrics and per-question predictions.
+
+    ``batch_size`` counts questions per forward pass (``method="full"``: sequences). ``max_length`` (default: the
+    model's ``max_position_embeddings``) bounds prompt + choice; longer prompts lose tokens from their start, as
+    lm-eval truncates. The model's train/eval mode is restored afterwards, so this can run mid-training.
+    """
+    if scoring not in ("letter", "cloze"):
+        raise ValueError(f"scoring must be 'letter' or 'cloze', got {scoring!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    questions = list(questions)[:limit] if limit is not None else list(questions)
+    if not questions:
+        raise ValueError("no questions to evaluate")
+    if max_length is None:
+        max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
+    items = [_encode(tokenizer, q, scoring, max_length) for q in questions]
+    pad_id = _pad_id(tokenizer)
+
+    # Longest prompts first and together: least padding, and an out-of-memory shows in the first batch.
+    order = sorted(range(len(items)), key=lambda i: -len(items[i].context))
+    scores: list[list[float] | None] = [None] * len(items)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if method == "full":
+                _score_full(model, items, order, batch_size, pad_id, scores)
+            elif method == "shared-prompt":
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start:start + batch_size]
+                    batch_scores = _score_shared_prompt(model, [items[i] for i in chunk], pad_id)
+                    if batch_scores is None:  # this model's cache cannot be gathered: score plainly
+                        _score_full(model, items, chunk, batch_size, pad_id, scores)
+                    else:
+                        for i, s in zip(chunk, batch_scores):
+                            scores[i] = s
+            else:
+                raise ValueError(f"method must be 'shared-prompt' or 'full', got {method!r}")
+    finally:
+        model.train(was_training)
+    return _summarize(questions, [s for s in scores if s is not None], scoring)
+
+
+def _encode(tokenizer: Any, q: Question, scoring: Scoring, max_length: int) -> _Item:
+    prompt = format_prompt(q)
+    context: list[int] = []
+    choices = []
+    for text in continuations(q, scoring):
+        context, choice = encode_pair(tokenizer, prompt, text)
+        if not choice:
+            raise ValueError(f"{q.source}: choice {text!r} encodes to no tokens, expected at least one")
+        choices.append(choice)
+    room = max_length - max(len(c) for c in choices)
+    if len(context) > room:
+        keep = len(bos_prefix(tokenizer))
+        if room <= keep:
+            raise ValueError(f"{q.source}: a choice alone fills max_length {max_length}, expected room for the prompt")
+        context = context[:keep] + context[len(context) - (room - keep):]
+    return _Item(context, choices)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    # Any id works (padded positions are masked and never scored); prefer the real pad token for clarity.
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _device(model: Any) -> torch.device:
+    # The input embedding's device, not next(parameters()): with a device map the layers may be spread out.
+    return model.get_input_embeddings().weight.device
+
+
+def _choice_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) per position, in float32 whatever the model's dtype."""
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[list[float]] | None:
+    """Scores of one batch with each prompt run once; None if the model's cache cannot be gathered by row."""
+    device = _device(model)
+    width = max(len(item.context) for item in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        input_ids[row, : len(item.context)] = torch.tensor(item.context)
+        attention_mask[row, : len(item.context)] = 1
+    last = [len(item.context) - 1 for item in batch]
+    keep = sorted(set(last))
+    need_rest = any(len(choice) > 1 for item in batch for choice in item.choices)
+    out = model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        use_cache=need_rest,
+        # Only the logits at each prompt's last position are needed; the full (batch, length, vocab) tensor would
+        # be gigabytes for long MedQA prompts with a 32k vocabulary.
+        logits_to_keep=torch.tensor(keep, device=device),
+    )
+    logits = out.logits
+    column = {pos: (keep.index(pos) if logits.shape[1] == len(keep) else pos) for pos in keep}
+    first = torch.stack([logits[row, column[last[row]]] for row in range(len(batch))]).float()
+    first = torch.log_softmax(first, dim=-1).cpu()
+    scores = [[float(first[row, choice[0]]) for choice in item.choices] for row, item in enumerate(batch)]
+    if not need_rest:
+        return scores
+
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    rows = [(b, c) for b, item in enumerate(batch) for c, choice in enumerate(item.choices) if len(choice) > 1]
+    cache.batch_select_indices(torch.tensor([b for b, _ in rows], device=device))
+    rest = max(len(batch[b].choices[c]) - 1 for b, c in rows)
+    ids = torch.full((len(rows), rest), pad_id, dtype=torch.long)
+    targets = torch.zeros((len(rows), rest), dtype=torch.long)
+    choice_mask = torch.zeros((len(rows), rest), dtype=torch.long)
+    position_ids = torch.zeros((len(rows), rest), dtype=torch.long)
+    for r, (b, c) in enumerate(rows):
+        choice = batch[b].choices[c]
+        n = len(choice) - 1
+        ids[r, :n] = torch.tensor(choice[:-1])
+        targets[r, :n] = torch.tensor(choice[1:])
+        choice_mask[r, :n] = 1
+        # Continue from the prompt's own end, not from the padded width: positions match the unpadded sequence.
+        position_ids[r] = torch.arange(len(batch[b].context), len(batch[b].context) + rest)
+    gather = torch.tensor([b for b, _ in rows])
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=torch.cat([attention_mask[gather], choice_mask], dim=1).to(device),
+        position_ids=position_ids.to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logprobs = (_choice_logprobs(out.logits, targets.to(out.logits.device)).cpu() * choice_mask).sum(dim=1)
+    for r, (b, c) in enumerate(rows):
+        scores[b][c] += float(logprobs[r])
+    return scores
+
+
+def _score_full(
+    model: Any, items: list[_Item], which: list[int], batch_size: int, pad_id: int, scores: list[Any]
+) -> None:
+    """Reference path: every (prompt + choice) is its own right-padded sequence, ``batch_size`` sequences a pass."""
+    device = _device(model)
+    rows = [(i, c) for i in which for c in range(len(items[i].choices))]
+    results: dict[tuple[int, int], float] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        seqs = [items[i].context + items[i].choices[c] for i, c in chunk]
+        width = max(len(s) for s in seqs) - 1
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        targets = torch.zeros((len(chunk), width), dtype=torch.long)
+        scored = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for r, ((i, c), seq) in enumerate(zip(chunk, seqs)):
+            ids[r, : len(seq) - 1] = torch.tensor(seq[:-1])
+            mask[r, : len(seq) - 1] = 1
+            targets[r, : len(seq) - 1] = torch.tensor(seq[1:])
+            scored[r, len(items[i].context) - 1 : len(seq) - 1] = True
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        logprobs = _choice_logprobs(logits, targets.to(logits.device)).cpu()
+        for r, key in enumerate(chunk):
+            results[key] = float(logprobs[r][scored[r]].sum())
+    for i in which:
+        scores[i] = [results[(i, c)] for c in range(len(items[i].choices))]
+
+
+def _argmax(values: list[float]) -> int:
+    """Index of the largest value, the first one on ties (as numpy.argmax, which lm-eval uses)."""
+    best = 0
+    for i, v in enumerate(values):
+        if v > values[best]:
+            best = i
+    return best
+
+
+def _summarize(questions: list[Question], scores: list[list[float]], scoring: Scoring) -> EvalResult:
+    predictions = []
+    for index, (q, s) in enumerate(zip(questions, scores)):
+        letters = list(q.options)
+        pred = _argmax(s)
+        entry: dict[str, Any] = {
+            "index": index,
+            "source": q.source,
+            "meta_info": q.meta_info,
+            "gold": q.answer_idx,
+            "predicted": letters[pred],
+            "correct": pred == q.gold,
+            "scores": {letter: value for letter, value in zip(letters, s)},
+        }
+        if scoring == "cloze":
+            normed = [value / len(text) for value, text in zip(s, q.options.values())]
+            entry["predicted_norm"] = letters[_argmax(normed)]
+            entry["correct_norm"] = entry["predicted_norm"] == q.answer_idx
+        predictions.append(entry)
+
+    def tally(rows: list[dict[str, Any]], options: list[int]) -> dict[str, Any]:
+        correct = sum(r["correct"] for r in rows)
+        summary: dict[str, Any] = {"count": len(rows), "correct": correct, "accuracy": correct / len(rows)}
+        if scoring == "cloze":
+            correct_norm = sum(r["correct_norm"] for r in rows)
+            summary["correct_norm"] = correct_norm
+            summary["acc_norm"] = correct_norm / len(rows)
+        # Expected accuracy of guessing: the bar that "learned something" must clear.
+        summary["chance_accuracy"] = sum(1.0 / n for n in options) / len(options)
+        return summary
+
+    metrics = {"scoring": scoring, **tally(predictions, [len(q.options) for q in questions])}
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, q in enumerate(questions):
+        if q.meta_info is not None:
+            groups[q.meta_info].append(i)
+    metrics["by_meta_info"] = {
+        name: tally([predictions[i] for i in idx], [len(questions[i].options) for i in idx])
+        for name, idx in sorted(groups.items())
+    }
+    return EvalResult(metrics, predictions)
+
+
+def write_eval(result: EvalResult, out_dir: Path) -> None:
+    """Write ``predictions.jsonl`` and ``metrics.json`` into ``out_dir``, each atomically (temp file + rename)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
+    _write_atomic(out_dir / "predictions.jsonl", lines)
+    _write_atomic(out_dir / "metrics.json", json.dumps(result.metrics, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
