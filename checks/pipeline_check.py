@@ -1,0 +1,96 @@
+"""The pipeline end to end: a two-step QLoRA fine-tune of a tiny random Llama, on the GPU when there is one.
+
+It calls the pipeline's own API (pipeline.tiny, pipeline.demo_data, pipeline.train), so it tests the code users
+run, not a copy of it. On a GPU the 4-bit NF4 path is mandatory (quantization.on_unsupported=error): a GPU image
+that silently falls back to bf16 LoRA is not fit for QLoRA. On a CPU it runs too (it takes seconds) and reports
+which path the pipeline took there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+from checks import thresholds as T
+from checks.core import FAIL, PASS, Context, Result, check
+from checks.gpu import gpu_skip_reason
+
+NAME = "pipeline.qlora"
+
+
+def recipe_overrides(model_dir: Path, train_file: Path, out_dir: Path, on_gpu: bool) -> list[str]:
+    common = [
+        f"model.name_or_path={model_dir}",
+        f"data.train={train_file}",
+        "data.source=files",
+        "data.max_length=128",
+        "lora.r=8",
+        "lora.alpha=16",
+        "lora.dropout=0.0",
+        "quantization.mode=nf4",
+        f"train.steps={T.PIPELINE_STEPS}",
+        "train.batch_size=2",
+        "train.optimizer=adamw",
+        "train.warmup_steps=0",
+        "train.checkpoint_every=0",
+        "train.log_every=1",
+        f"train.output_dir={out_dir}",
+    ]
+    if on_gpu:
+        return common + ["quantization.on_unsupported=error", "quantization.compute_dtype=bfloat16",
+                         "train.device=cuda", "train.precision=bf16"]
+    return common + ["quantization.on_unsupported=fallback", "train.device=cpu", "train.precision=fp32"]
+
+
+def judge(report: dict[str, Any], on_gpu: bool) -> Result:
+    path = report.get("quantization_path")
+    steps = report.get("steps")
+    loss = report.get("final_loss")
+    value = f"{path}, {steps} steps, loss {loss:.3f}" if isinstance(loss, (int, float)) else f"{path}, {steps} steps"
+    problems = []
+    if steps != T.PIPELINE_STEPS:
+        problems.append(f"ran {steps} steps, expected {T.PIPELINE_STEPS}")
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+        problems.append(f"final loss {loss!r} is not a finite number")
+    if on_gpu and path != "nf4":
+        problems.append(f"quantization path {path!r}: the 4-bit NF4 base did not train on the GPU")
+    if problems:
+        return Result(NAME, FAIL, value, "; ".join(problems),
+                      hint="run the same fine-tune with python -m pipeline (see docs/pipeline.md) for the full log; "
+                           "check numerics.bnb_nf4 above", data={"report": report})
+    where = "GPU, NF4 4-bit base" if on_gpu else f"CPU, quantization path {path} (the GPU path is NF4)"
+    return Result(NAME, PASS, value, f"tiny Llama, {where}", data={"report": report})
+
+
+@check("pipeline.qlora")
+def qlora(ctx: Context) -> Result:
+    """A two-step QLoRA fine-tune of a tiny model through the pipeline (NF4 on a GPU)."""
+    try:
+        from pipeline.config import load_recipe
+        from pipeline.demo_data import write_demo_data
+        from pipeline.tiny import build_tiny_model
+        from pipeline.train import finetune
+    except ImportError as exc:
+        return Result(NAME, FAIL, "pipeline not importable", f"{type(exc).__name__}: {exc}",
+                      hint="run from the kit's root (or the image's /opt/kit) so that 'pipeline' imports")
+    on_gpu = gpu_skip_reason(ctx) is None
+    # No hub: a lookup without this hangs ~50 s before failing on air-gapped hosts.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(prefix="checks-pipeline-") as tmp:
+        root = Path(tmp)
+        try:
+            model_dir = build_tiny_model(root / "model")
+            train_file, _ = write_demo_data(root / "data")
+            recipe = load_recipe(None, recipe_overrides(model_dir, train_file, root / "run", on_gpu))
+            report = finetune(recipe)
+        except Exception as exc:
+            last = traceback.extract_tb(exc.__traceback__)[-1]
+            return Result(NAME, FAIL, type(exc).__name__,
+                          f"{exc} (at {Path(last.filename).name}:{last.lineno})",
+                          hint="the fine-tune itself failed: run python -m pipeline with a tiny model for the "
+                               "full traceback")
+    return judge(report, on_gpu)
