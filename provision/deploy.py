@@ -1,0 +1,50 @@
+"""Provision one GPU node (pyinfra runs this once per host, all hosts in parallel).
+
+    pyinfra provision/inventory.py provision/deploy.py          # or: make provision
+    pyinfra provision/inventory.py provision/deploy.py --dry    # the plan, nothing changed
+
+Everything a site decides is data (provision/group_data/, hosts file); this file only orders the deploys.
+"""
+
+import sys
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(_REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(_REPO_ROOT))  # pyinfra runs this file from any directory; the deploys live here
+
+from pyinfra import host  # noqa: E402
+from pyinfra.facts.server import KernelVersion, LinuxDistribution  # noqa: E402
+
+from provision import settings as node_settings  # noqa: E402
+from provision.deploys.base import base_packages  # noqa: E402
+from provision.deploys.docker import docker_engine  # noqa: E402
+from provision.deploys.nvidia import nvidia_container_toolkit, nvidia_driver  # noqa: E402
+from provision.deploys.rocm import rocm  # noqa: E402
+from provision.deploys.tuning import mi300x_tuning  # noqa: E402
+from provision.deploys.verify import reboot_if_needed, verify  # noqa: E402
+from provision.preflight import check_users_exist  # noqa: E402
+
+# Checked while pyinfra plans, before it changes anything: bad data stops the whole run here.
+settings = node_settings.resolve(
+    host.name,
+    host.groups,
+    host.data,
+    facts={
+        "kernel": host.get_fact(KernelVersion) or "",
+        "codename": host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", ""),
+    },
+)
+check_users_exist(host, settings)
+
+base_packages(settings)
+if settings.platform == "rocm":
+    reboot_changes = [rocm(settings)]
+    reboot_changes += mi300x_tuning(settings)
+    docker_engine(settings)
+else:
+    reboot_changes = [nvidia_driver(settings)]
+    docker_engine(settings)
+    nvidia_container_toolkit(settings)
+reboot_if_needed(settings, reboot_changes)
+verify(settings)

@@ -1,0 +1,53 @@
+"""Reboot when the driver or kernel arguments changed, then check GPUs and run the kit's checks in its image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra.api import deploy
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import files, server
+from pyinfra.operations.util import any_changed
+
+from provision.operations import docker_image_pulled, gpus_match, kit_checks_pass
+from provision.settings import NodeSettings
+
+REMOTE_IMAGE_DIR = "/var/lib/clinical-kit/images"
+
+
+@deploy("Reboot if the kernel side changed")
+def reboot_if_needed(settings: NodeSettings, changes: list[OperationMeta]) -> None:
+    if settings.in_container_or_chroot or not changes:
+        return
+    # server.reboot waits for the host to come back (up to reboot_timeout seconds) before the run continues.
+    server.reboot(
+        name="Reboot to load the new driver / kernel arguments",
+        reboot_timeout=settings.reboot_timeout,
+        _if=any_changed(*changes),
+    )
+
+
+@deploy("Verify the node")
+def verify(settings: NodeSettings) -> None:
+    if settings.verify_gpus:
+        gpus_match(
+            name="GPUs match the host's group",
+            platform=settings.platform,
+            expected_count=settings.expected_gpu_count,
+            expected_archs=list(settings.expected_gpu_archs),
+        )
+    if not settings.verify_kit_image:
+        return
+    if settings.kit_image_tarball:
+        # Air-gapped sites: the image travels as a `docker save` tarball from the control machine.
+        remote = f"{REMOTE_IMAGE_DIR}/{Path(settings.kit_image_tarball).name}"
+        upload = files.put(name="Kit image tarball on the host", src=settings.kit_image_tarball, dest=remote)
+        server.shell(name=f"Load {settings.kit_image}", commands=[f"docker load -i {remote}"], _if=upload.did_change)
+    else:
+        docker_image_pulled(name=f"{settings.kit_image} is pulled", image=settings.kit_image)
+    kit_checks_pass(
+        name="The kit's checks pass in its image",
+        image=settings.kit_image,
+        platform=settings.platform,
+        checks_command=settings.kit_checks_command,
+    )

@@ -1,0 +1,50 @@
+"""Read the inventory's hosts file and reject what pyinfra would otherwise silently ignore."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from provision.pins import PLATFORM_BY_GROUP
+from provision.settings import ProvisionDataError
+
+HostEntry = str | tuple[str, dict[str, Any]]
+
+
+def read_hosts_file(path: Path) -> dict[str, list[HostEntry]]:
+    """Groups (mi250, mi300x, nvidia) -> pyinfra host entries. Unknown groups and malformed entries are errors."""
+    if not path.is_file():
+        raise ProvisionDataError(
+            f"{path}: no hosts file; copy provision/hosts.example.yaml to provision/hosts.yaml and list your "
+            "nodes under mi250, mi300x or nvidia (or set PROVISION_HOSTS to another file)"
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ProvisionDataError(f"{path}: expected a mapping of group name -> list of hosts")
+    unknown = sorted(set(raw) - PLATFORM_BY_GROUP.keys())
+    if unknown:
+        raise ProvisionDataError(
+            f"{path}: unknown group(s) {', '.join(map(str, unknown))}; use {', '.join(PLATFORM_BY_GROUP)} "
+            "(or add a group to PLATFORM_BY_GROUP in provision/pins.py with a group_data file)"
+        )
+
+    groups: dict[str, list[HostEntry]] = {name: [] for name in PLATFORM_BY_GROUP}
+    seen: dict[str, str] = {}
+    for group, entries in raw.items():
+        for index, entry in enumerate(entries or []):
+            where = f"{path}: {group}[{index}]"
+            if isinstance(entry, str):
+                name, data = entry, None
+            elif isinstance(entry, dict) and isinstance(entry.get("name"), str) and set(entry) <= {"name", "data"}:
+                name, data = entry["name"], entry.get("data") or {}
+                if not isinstance(data, dict):
+                    raise ProvisionDataError(f"{where}: data must be a mapping of key -> value")
+            else:
+                raise ProvisionDataError(f"{where}: expected a host name or {{name: ..., data: {{...}}}}")
+            if name in seen:
+                raise ProvisionDataError(f"{where}: {name} is already listed under {seen[name]}")
+            seen[name] = group
+            groups[group].append(name if data is None else (name, data))
+    return groups
