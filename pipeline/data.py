@@ -78,7 +78,7 @@ def load_questions(path: str | Path) -> list[Question]:
         try:
             line = line_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(f"{loc}: not valid UTF-8 ({exc.reason} at byte {exc.start}), expected UTF-8 text")
+            problems.append(f"{loc}: not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the line), expected UTF-8 text")
             continue
         if not line.strip():
             continue
