@@ -40,7 +40,8 @@ def stdout_to_stderr() -> Iterator[None]:
     saved = os.dup(1)
     try:
         os.dup2(2, 1)
-        yield
+        with contextlib.redirect_stdout(sys.stderr):  # sys.stdout need not be fd 1 (pytest, notebooks)
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -51,6 +52,16 @@ def write_json_atomic(path: Path, payload: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def log_line(r: Result) -> None:
+    """One line per check on stderr while --json runs (what a CI log shows)."""
+    line = f"checks: {r.name}: {r.status.upper()} {r.value}".rstrip() + f" ({r.duration:.1f} s)"
+    if r.status in ("warn", "fail", "skip") and r.detail:
+        line += f"\n    {r.detail}"
+    if r.hint and r.status in ("warn", "fail"):
+        line += f"\n    fix: {r.hint}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def render_table(results: list[Result]) -> None:
@@ -92,8 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ctx = Context(require_gpu=args.require_gpu)
     if args.json:
         with stdout_to_stderr():
-            results = run_checks(chosen, ctx,
-                                 on_result=lambda r: print(f"checks: {r.name}: {r.status}", file=sys.stderr))
+            results = run_checks(chosen, ctx, on_result=log_line)
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         results = run_checks(chosen, ctx)

@@ -21,7 +21,7 @@ _ORDER = {PASS: 0, SKIP: 1, WARN: 2, FAIL: 3}
 
 def rel_err(got, ref) -> float:
     """||got - ref|| / ||ref|| in float64."""
-    got, ref = got.double(), ref.double()
+    got, ref = got.detach().double(), ref.detach().double()
     return float((got - ref).norm() / ref.norm())
 
 

@@ -46,6 +46,22 @@ def recipe_overrides(model_dir: Path, train_file: Path, out_dir: Path, on_gpu: b
     return common + ["quantization.on_unsupported=fallback", "train.device=cpu", "train.precision=fp32"]
 
 
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of the run report worth keeping in the checks' JSON (the rest names temporary paths)."""
+    model = report.get("model") or {}
+    training = report.get("training") or {}
+    return {
+        "quantization_path": report.get("quantization_path"),
+        "steps": report.get("steps"),
+        "final_loss": report.get("final_loss"),
+        "quantization_reason": model.get("quantization_reason"),
+        "attention": model.get("attention"),
+        "adapter_gradient_check": training.get("adapter_gradient_check"),
+        "tokens_per_second": training.get("tokens_per_second"),
+        "libraries": (report.get("environment") or {}).get("libraries"),
+    }
+
+
 def judge(report: dict[str, Any], on_gpu: bool) -> Result:
     path = report.get("quantization_path")
     steps = report.get("steps")
@@ -61,9 +77,9 @@ def judge(report: dict[str, Any], on_gpu: bool) -> Result:
     if problems:
         return Result(NAME, FAIL, value, "; ".join(problems),
                       hint="run the same fine-tune with python -m pipeline (see docs/pipeline.md) for the full log; "
-                           "check numerics.bnb_nf4 above", data={"report": report})
+                           "check numerics.bnb_nf4 above", data=_summary(report))
     where = "GPU, NF4 4-bit base" if on_gpu else f"CPU, quantization path {path} (the GPU path is NF4)"
-    return Result(NAME, PASS, value, f"tiny Llama, {where}", data={"report": report})
+    return Result(NAME, PASS, value, f"tiny Llama, {where}", data=_summary(report))
 
 
 @check("pipeline.qlora")
