@@ -10,14 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pyinfra.api.exceptions import PyinfraError
+
 from provision.pins import NVIDIA_DRIVER_BRANCHES, PLATFORM_BY_GROUP, ROCM_RELEASES, RocmRelease
 
 GROUP_DATA_DIR = "provision/group_data"
 URL_SCHEMES = ("https://", "http://", "file:/")
 
 
-class ProvisionDataError(ValueError):
-    """Host data that cannot be provisioned; the message names the key and what it should be."""
+class ProvisionDataError(PyinfraError, ValueError):
+    """Host data that cannot be provisioned; the message names the key and what it should be.
+
+    A PyinfraError, so the pyinfra CLI prints the message alone instead of a traceback."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ class _Data:
 
     def str_list(self, key: str, default: list[str] | None = None) -> tuple[str, ...]:
         value = self._data.get(key, default if default is not None else [])
-        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
+        if not isinstance(value, list | tuple) or not all(isinstance(item, str) and item for item in value):
             raise self.error(key, f"must be a list of non-empty strings (got {value!r})")
         return tuple(value)
 

@@ -12,7 +12,10 @@ from provision.settings import AptRepo
 
 
 def pin_text(repo: AptRepo) -> str:
-    return f"# Written by provision/ (clinical-finetune-kit)\nPackage: *\nPin: {repo.pin}\nPin-Priority: {repo.pin_priority}\n"
+    return (
+        "# Written by provision/ (clinical-finetune-kit)\n"
+        f"Package: *\nPin: {repo.pin}\nPin-Priority: {repo.pin_priority}\n"
+    )
 
 
 @deploy("Vendor apt repository")

@@ -19,9 +19,7 @@ def nvidia_driver(settings: NodeSettings) -> OperationMeta:
     for repo in settings.driver_repos:
         repo_changes.extend(vendor_apt_repo(repo, settings.apt_arch))
     apt.update(name="apt lists include NVIDIA's CUDA repository", _if=any_changed(*repo_changes))
-    return apt.packages(
-        name="NVIDIA driver branch (cuda-drivers-<branch>)", packages=list(settings.driver_packages)
-    )
+    return apt.packages(name="NVIDIA driver branch (cuda-drivers-<branch>)", packages=list(settings.driver_packages))
 
 
 @deploy("NVIDIA Container Toolkit")

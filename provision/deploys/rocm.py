@@ -32,8 +32,12 @@ def rocm(settings: NodeSettings) -> OperationMeta:
         repo_changes.extend(vendor_apt_repo(repo, settings.apt_arch))
     apt.update(name="apt lists include AMD's repositories", _if=any_changed(*repo_changes))
 
+    assert settings.rocm_release is not None
+    # The same release AMD's quick start installs with amdgpu-install_<version>_all.deb; named so a site can
+    # match the plan against AMD's instructions.
+    release = f"ROCm {settings.rocm_version}, amdgpu-install {settings.rocm_release.amdgpu_install_version}"
     driver = apt.packages(
-        name=f"amdgpu kernel driver (ROCm {settings.rocm_version})",
+        name=f"amdgpu kernel driver ({release})",
         packages=list(settings.driver_packages),
         no_recommends=True,
     )

@@ -57,8 +57,10 @@ def mi300x_tuning(settings: NodeSettings) -> list[OperationMeta]:
     if tuning.numa_balancing_off:
         files.put(
             name="NUMA balancing off at boot",
-            src=StringIO("# Written by provision/ (clinical-finetune-kit): tune_numa_balancing_off\n"
-                         "kernel.numa_balancing = 0\n"),
+            src=StringIO(
+                "# Written by provision/ (clinical-finetune-kit): tune_numa_balancing_off\n"
+                "kernel.numa_balancing = 0\n"
+            ),
             dest=SYSCTL_FILE,
             mode="644",
         )

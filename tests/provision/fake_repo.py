@@ -29,8 +29,7 @@ SUITE = "bookworm"
 FAKE_NVIDIA_CTK = """#!/bin/sh
 echo "$*" >> /var/log/fake-nvidia-ctk.log
 mkdir -p /etc/docker
-printf '{\\n  "runtimes": {\\n    "nvidia": {\\n      "args": [],\\n      "path": "nvidia-container-runtime"\\n    }\\n  }\\n}\\n' \\
-  > /etc/docker/daemon.json
+printf '{"runtimes": {"nvidia": {"args": [], "path": "nvidia-container-runtime"}}}\\n' > /etc/docker/daemon.json
 """
 
 
@@ -64,31 +63,77 @@ class FakeRepos:
 def repo_specs(kernel: str) -> list[RepoSpec]:
     rocm_tag = ROCM_VERSION.replace(".", "0")  # 6.1.2 -> 60102, as in AMD's package versions
     return [
-        RepoSpec(f"amd/amdgpu/{ROCM_VERSION}/ubuntu", False, "amd", "repo.radeon.com", "repo.radeon.com",
-                 [Package("amdgpu-dkms", f"1:6.7.0.{rocm_tag}-1", "amdgpu-dkms-firmware"),
-                  Package("amdgpu-dkms-firmware", f"1:6.7.0.{rocm_tag}-1")]),
-        RepoSpec(f"amd/rocm/apt/{ROCM_VERSION}", False, "amd", "repo.radeon.com", "repo.radeon.com",
-                 [Package("rocm-hip-runtime", f"{ROCM_VERSION}.{rocm_tag}-1", "rocminfo (>= 1.0.0)"),
-                  Package("rocminfo", f"1.0.0.{rocm_tag}-1"),
-                  Package("rocm-smi-lib", f"7.2.0.{rocm_tag}-1"),
-                  Package("rocm", f"{ROCM_VERSION}.{rocm_tag}-1", "rocm-hip-runtime")]),
-        RepoSpec("docker/linux/ubuntu", False, "docker", "Docker", "Docker CE",
-                 [Package(name, "5:27.3.1-1~debian.12~bookworm") for name in
-                  ("docker-ce", "docker-ce-cli", "docker-buildx-plugin", "docker-compose-plugin")]
-                 + [Package("containerd.io", "1.7.22-1")], component="stable"),
-        RepoSpec("cuda/ubuntu2204/x86_64", True, "cuda", "NVIDIA", "NVIDIA CUDA",
-                 [Package(f"cuda-drivers-{NVIDIA_BRANCH}", "550.127.08-1"),
-                  Package(f"nvidia-fabricmanager-{NVIDIA_BRANCH}", "550.127.08-1"),
-                  Package("cuda-drivers-560", "560.35.03-1")]),
-        RepoSpec("nvct/stable/deb/amd64", True, "nvct", "github.com/NVIDIA/libnvidia-container",
-                 "libnvidia-container",
-                 [Package("nvidia-container-toolkit", "1.16.2-1", files={"usr/bin/nvidia-ctk": FAKE_NVIDIA_CTK})]),
-        RepoSpec("distro", False, "", "Debian", "Debian",
-                 [Package("rocminfo", "5.2.3-3"),
-                  Package(f"linux-headers-{kernel}", "1.0-1"),
-                  Package(f"linux-modules-extra-{kernel}", "1.0-1"),
-                  Package("linux-tools-common", "1.0-1"),
-                  Package(f"linux-tools-{kernel}", "1.0-1")]),
+        RepoSpec(
+            f"amd/amdgpu/{ROCM_VERSION}/ubuntu",
+            False,
+            "amd",
+            "repo.radeon.com",
+            "repo.radeon.com",
+            [
+                Package("amdgpu-dkms", f"1:6.7.0.{rocm_tag}-1", "amdgpu-dkms-firmware"),
+                Package("amdgpu-dkms-firmware", f"1:6.7.0.{rocm_tag}-1"),
+            ],
+        ),
+        RepoSpec(
+            f"amd/rocm/apt/{ROCM_VERSION}",
+            False,
+            "amd",
+            "repo.radeon.com",
+            "repo.radeon.com",
+            [
+                Package("rocm-hip-runtime", f"{ROCM_VERSION}.{rocm_tag}-1", "rocminfo (>= 1.0.0)"),
+                Package("rocminfo", f"1.0.0.{rocm_tag}-1"),
+                Package("rocm-smi-lib", f"7.2.0.{rocm_tag}-1"),
+                Package("rocm", f"{ROCM_VERSION}.{rocm_tag}-1", "rocm-hip-runtime"),
+            ],
+        ),
+        RepoSpec(
+            "docker/linux/ubuntu",
+            False,
+            "docker",
+            "Docker",
+            "Docker CE",
+            [
+                Package(name, "5:27.3.1-1~debian.12~bookworm")
+                for name in ("docker-ce", "docker-ce-cli", "docker-buildx-plugin", "docker-compose-plugin")
+            ]
+            + [Package("containerd.io", "1.7.22-1")],
+            component="stable",
+        ),
+        RepoSpec(
+            "cuda/ubuntu2204/x86_64",
+            True,
+            "cuda",
+            "NVIDIA",
+            "NVIDIA CUDA",
+            [
+                Package(f"cuda-drivers-{NVIDIA_BRANCH}", "550.127.08-1"),
+                Package(f"nvidia-fabricmanager-{NVIDIA_BRANCH}", "550.127.08-1"),
+                Package("cuda-drivers-560", "560.35.03-1"),
+            ],
+        ),
+        RepoSpec(
+            "nvct/stable/deb/amd64",
+            True,
+            "nvct",
+            "github.com/NVIDIA/libnvidia-container",
+            "libnvidia-container",
+            [Package("nvidia-container-toolkit", "1.16.2-1", files={"usr/bin/nvidia-ctk": FAKE_NVIDIA_CTK})],
+        ),
+        RepoSpec(
+            "distro",
+            False,
+            "",
+            "Debian",
+            "Debian",
+            [
+                Package("rocminfo", "5.2.3-3"),
+                Package(f"linux-headers-{kernel}", "1.0-1"),
+                Package(f"linux-modules-extra-{kernel}", "1.0-1"),
+                Package("linux-tools-common", "1.0-1"),
+                Package(f"linux-tools-{kernel}", "1.0-1"),
+            ],
+        ),
     ]
 
 
@@ -112,8 +157,17 @@ def _build_deb(package: Package, out_dir: Path, work: Path) -> None:
         target.chmod(0o755)
     out_dir.mkdir(parents=True, exist_ok=True)
     safe_version = package.version.split(":")[-1]  # Debian file names leave out the epoch
-    _run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(pkg_dir),
-          str(out_dir / f"{package.name}_{safe_version}_all.deb")])
+    _run(
+        [
+            "dpkg-deb",
+            "--root-owner-group",
+            "-Zgzip",
+            "-z1",
+            "--build",
+            str(pkg_dir),
+            str(out_dir / f"{package.name}_{safe_version}_all.deb"),
+        ]
+    )
     shutil.rmtree(pkg_dir)
 
 
@@ -124,8 +178,11 @@ def _release(directory: Path, spec: RepoSpec, suite: str) -> None:
         "-oAPT::FTPArchive::Release::Architectures=amd64 all",
     ]
     if not spec.flat:
-        options += [f"-oAPT::FTPArchive::Release::Suite={suite}", f"-oAPT::FTPArchive::Release::Codename={suite}",
-                    f"-oAPT::FTPArchive::Release::Components={spec.component}"]
+        options += [
+            f"-oAPT::FTPArchive::Release::Suite={suite}",
+            f"-oAPT::FTPArchive::Release::Codename={suite}",
+            f"-oAPT::FTPArchive::Release::Components={spec.component}",
+        ]
     text = _run(["apt-ftparchive", *options, "release", "."], cwd=directory).stdout
     (directory / "Release").write_text(text)
 
@@ -148,7 +205,8 @@ def _build_repo(root: Path, spec: RepoSpec, suite: str, gnupg_home: Path, work: 
             _build_deb(package, repo / "pool" / spec.component, work)
         binary = repo / "dists" / suite / spec.component / "binary-amd64"
         binary.mkdir(parents=True)
-        (binary / "Packages").write_text(_run(["apt-ftparchive", "packages", f"pool/{spec.component}"], cwd=repo).stdout)
+        packages = _run(["apt-ftparchive", "packages", f"pool/{spec.component}"], cwd=repo).stdout
+        (binary / "Packages").write_text(packages)
         release_dir = repo / "dists" / suite
     _release(release_dir, spec, suite)
     if spec.vendor:
@@ -158,13 +216,27 @@ def _build_repo(root: Path, spec: RepoSpec, suite: str, gnupg_home: Path, work: 
 def _make_keys(gnupg_home: Path, vendors: list[str]) -> None:
     gnupg_home.mkdir(mode=0o700)
     for vendor in vendors:
-        _run(["gpg", "--batch", "--homedir", str(gnupg_home), "--passphrase", "", "--quick-gen-key",
-              f"Fake {vendor} repository <fake-{vendor}@example.invalid>", "ed25519", "sign", "never"])
+        _run(
+            [
+                "gpg",
+                "--batch",
+                "--homedir",
+                str(gnupg_home),
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                f"Fake {vendor} repository <fake-{vendor}@example.invalid>",
+                "ed25519",
+                "sign",
+                "never",
+            ]
+        )
 
 
 def _export_key(gnupg_home: Path, vendor: str, dest: Path) -> str:
-    armored = _run(["gpg", "--batch", "--homedir", str(gnupg_home), "--armor", "--export",
-                    f"fake-{vendor}@example.invalid"]).stdout
+    armored = _run(
+        ["gpg", "--batch", "--homedir", str(gnupg_home), "--armor", "--export", f"fake-{vendor}@example.invalid"]
+    ).stdout
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(armored)
     return hashlib.sha256(armored.encode()).hexdigest()
@@ -223,7 +295,7 @@ def serve(repos: FakeRepos, log_path: Path) -> FakeRepos:
         except OSError:
             if time.monotonic() > deadline or process.poll() is not None:
                 stop(repos)
-                raise RuntimeError(f"fake repository server did not start; see {log_path}")
+                raise RuntimeError(f"fake repository server did not start; see {log_path}") from None
             time.sleep(0.2)
 
 

@@ -92,8 +92,9 @@ def run_deploy(
         return True
 
     # server.reboot sleeps `delay` seconds before reconnecting; a fake host comes back at once.
-    with mock.patch.object(FakeConnector, "put_file", record_upload), mock.patch(
-        "pyinfra.operations.server.sleep", lambda seconds: None
+    with (
+        mock.patch.object(FakeConnector, "put_file", record_upload),
+        mock.patch("pyinfra.operations.server.sleep", lambda seconds: None),
     ):
         connect_all(state)
         host = inventory.get_host(HOST)

@@ -79,7 +79,7 @@ def test_tuning_on_a_live_host_writes_grub_sysctl_and_unit_and_applies_them():
     run = run_deploy("mi300x", mi300x_tuning, data=TUNING_ON)
 
     assert "pci=realloc=off amd_iommu=on iommu=pt" in run.uploads[GRUB_DROP_IN]
-    assert '${GRUB_CMDLINE_LINUX_DEFAULT}' in run.uploads[GRUB_DROP_IN]  # appends, keeps the site's own args
+    assert "${GRUB_CMDLINE_LINUX_DEFAULT}" in run.uploads[GRUB_DROP_IN]  # appends, keeps the site's own args
     assert "kernel.numa_balancing = 0" in run.uploads[SYSCTL_FILE]
     assert "ExecStart=/usr/bin/cpupower idle-set -d 2" in run.uploads[f"/etc/systemd/system/{CPUIDLE_UNIT}"]
     assert run.ran("update-grub")
@@ -144,7 +144,7 @@ def test_no_reboot_in_a_chroot_even_after_a_driver_change():
     assert not run.ran("reboot")
 
 
-# --- services ----------------------------------------------------------------------------------------------------------
+# --- services -----------------------------------------------------------------------------------------------------
 
 
 def test_docker_is_started_and_enabled_on_a_live_host():
