@@ -176,9 +176,10 @@ def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[li
     if not need_rest:
         return scores
 
-    cache = getattr(out, "past_key_values", None)
-    if cache is None or not hasattr(cache, "batch_select_indices"):
+    returned = _returned_cache(out)
+    if returned is None or not hasattr(returned[1], "batch_select_indices"):
         return None
+    cache_name, cache = returned
     rows = [(b, c) for b, item in enumerate(batch) for c, choice in enumerate(item.choices) if len(choice) > 1]
     cache.batch_select_indices(torch.tensor([b for b, _ in rows], device=device))
     rest = max(len(batch[b].choices[c]) - 1 for b, c in rows)
@@ -199,13 +200,26 @@ def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[li
         input_ids=ids.to(device),
         attention_mask=torch.cat([attention_mask[gather], choice_mask], dim=1).to(device),
         position_ids=position_ids.to(device),
-        past_key_values=cache,
         use_cache=True,
+        **{cache_name: cache},
     )
     logprobs = (_choice_logprobs(out.logits, targets.to(out.logits.device)).cpu() * choice_mask).sum(dim=1)
     for r, (b, c) in enumerate(rows):
         scores[b][c] += float(logprobs[r])
     return scores
+
+
+def _returned_cache(out: Any) -> tuple[str, Any] | None:
+    """(name, cache) of the KV cache a forward pass returned, under the name this transformers version uses.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` (input and output; the old names warn and go away in
+    5.40); 4.57 knows only ``past_key_values``. The cache goes back in under the name it came out with.
+    """
+    for name in ("cache", "past_key_values"):
+        value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if value is not None:
+            return name, value
+    return None
 
 
 def _score_full(
