@@ -4,15 +4,17 @@ The project cannot ship MedQA (users bring their own), but ``make demo`` must sh
 accuracy on questions it did not train on. So the set is generated here from two fact tables:
 
 * drug -> drug class (15 classes, 75 drugs). The last drug of every class never appears in training: those
-  test questions ("drug-class-heldout") are answerable by generalizing from name stems (-pril, -sartan, -statin).
+  test questions ("drug-class-heldout") are answerable by generalizing from name stems (-pril, -sartan, -statin;
+  some held-out names even contain a trained one: ofloxacin/levofloxacin, citalopram/escitalopram).
 * pathogen -> first-line treatment. The last 8 pathogens never appear in training ("pathogen-heldout"): no name
   stem links a bacterium to its antibiotic, so this is an honest control that should stay near chance (25%)
   unless the base model already knows the fact. Trained pathogens are tested again under new phrasing
   ("pathogen").
 
 Train and test questions differ on purpose: disjoint question templates (test phrasings never occur in
-training), distractors and option order drawn from separate random streams, and the answer letter balanced over
-A-D within each split so a letter bias cannot score. Everything is a function of ``seed``.
+training), distractors and option order drawn from separate random streams (a test row never repeats an option
+list used in training), and the answer letter balanced over A-D within each split so a letter bias cannot
+score. Everything is a function of ``seed``.
 
 The facts are simplified textbook associations for a software demo, not clinical guidance.
 """
@@ -110,13 +112,19 @@ class _Builder:
         self.rng = rng
         self.deck: list[int] = []
 
-    def row(self, question: str, answer: str, pool: list[str], meta_info: str) -> dict[str, Any]:
+    def row(
+        self, question: str, answer: str, pool: list[str], meta_info: str, avoid: frozenset = frozenset()
+    ) -> dict[str, Any]:
+        """A row whose option list is not in ``avoid`` (test rows never repeat an option list used in training)."""
         if not self.deck:
             self.deck = list(range(len(LETTERS)))
             self.rng.shuffle(self.deck)
         position = self.deck.pop()
-        distractors = self.rng.sample([p for p in pool if p != answer], len(LETTERS) - 1)
-        texts = distractors[:position] + [answer] + distractors[position:]
+        while True:
+            distractors = self.rng.sample([p for p in pool if p != answer], len(LETTERS) - 1)
+            texts = distractors[:position] + [answer] + distractors[position:]
+            if tuple(texts) not in avoid:
+                break
         options = dict(zip(LETTERS, texts))
         return {
             "question": question,
@@ -150,16 +158,19 @@ def demo_rows(seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                 train_rows.append(train.row(_fill(template, pathogen=pathogen), treatment, treatments, "pathogen"))
     train.rng.shuffle(train_rows)
 
+    trained_options = frozenset(tuple(row["options"].values()) for row in train_rows)
     test_rows = []
     for drug, cls in train_drugs:  # seen drugs, one new phrasing each
         template = test.rng.choice(TEST_DRUG_TEMPLATES)
-        test_rows.append(test.row(_fill(template, drug=drug), cls, classes, "drug-class"))
+        test_rows.append(test.row(_fill(template, drug=drug), cls, classes, "drug-class", trained_options))
     for drug, cls in heldout_drugs:
         for template in TEST_DRUG_TEMPLATES[:2]:
             test_rows.append(test.row(_fill(template, drug=drug), cls, classes, "drug-class-heldout"))
     for pathogen, treatment in train_pathogens:
         template = test.rng.choice(TEST_PATHOGEN_TEMPLATES)
-        test_rows.append(test.row(_fill(template, pathogen=pathogen), treatment, treatments, "pathogen"))
+        test_rows.append(
+            test.row(_fill(template, pathogen=pathogen), treatment, treatments, "pathogen", trained_options)
+        )
     for pathogen, treatment in heldout_pathogens:
         for template in TEST_PATHOGEN_TEMPLATES:
             test_rows.append(test.row(_fill(template, pathogen=pathogen), treatment, treatments, "pathogen-heldout"))
