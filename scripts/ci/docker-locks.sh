@@ -72,6 +72,9 @@ cpu_torch_wheel="${CKIT_TORCH_CPU_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp31
     echo "    --hash=sha256:$(sha256sum "$cpu_torch_wheel" | cut -d' ' -f1)"
 } >> $R/image-cpu-torch.lock
 
+# Build tools of the GPU extension stages (the same file for both GPU images).
+compile $R/image-build.lock 3.10 $R/image-build.in
+
 # App locks: the torch layer's packages are already installed below the app stage, so leave them out.
 compile $R/image-cuda.lock 3.10 $R/image-cuda.in $R/image-gpu-app.in -- \
     --constraint $R/image-cuda-torch.lock $(no_emit_args $R/image-cuda-torch.lock)

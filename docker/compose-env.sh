@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Print compose's .env for this host:  bash docker/compose-env.sh [VENDOR] [TAG] [REGISTRY] > .env
+# The render group's GID differs between hosts (104, 109, 110 seen), so it is read from this host's group
+# database rather than written into compose.yaml. The invoking user's UID/GID make the outputs theirs.
+set -euo pipefail
+vendor="${1:-cpu}"
+tag="${2:-latest}"
+registry="${3:-}"
+
+gid_of() { getent group "$1" | cut -d: -f3; }
+
+echo "KIT_VENDOR=$vendor"
+echo "KIT_TAG=$tag"
+echo "KIT_REGISTRY=$registry"
+echo "KIT_UID=$(id -u)"
+echo "KIT_GID=$(id -g)"
+video="$(gid_of video || true)"
+render="$(gid_of render || true)"
+if [[ "$vendor" == rocm ]]; then
+    if [[ -z "$video" || -z "$render" ]]; then
+        echo "compose-env: this host has no 'video' or 'render' group: is the ROCm driver (amdgpu-dkms) installed?" \
+             "(provision/ sets it up; AMD's docs: add the user to both groups)" >&2
+        exit 1
+    fi
+    if [[ ! -e /dev/kfd ]]; then
+        echo "compose-env: warning: /dev/kfd does not exist on this host: ROCm containers will not see a GPU" >&2
+    fi
+fi
+[[ -n "$video" ]] && echo "KIT_VIDEO_GID=$video"
+[[ -n "$render" ]] && echo "KIT_RENDER_GID=$render"
+exit 0
