@@ -51,7 +51,9 @@ def worker(rank: int, world: int, init_method: str, backend: str, device_type: s
         def sync() -> None:
             if device_type == "cuda":
                 torch.cuda.synchronize(device)
-            dist.barrier()
+                dist.barrier(device_ids=[rank])  # names the GPU: NCCL otherwise guesses and warns
+            else:
+                dist.barrier()
 
         for _ in range(warmup):
             dist.all_reduce(buf)
@@ -126,10 +128,11 @@ def summarize(results: list[Optional[dict]], world: int, nbytes: int, library: s
     seconds = max(res["seconds"] for res in results if res)
     algbw = nbytes / seconds / 1e9
     busbw = algbw * 2 * (world - 1) / world
-    detail = (f"{library}, {world} rank(s), {nbytes / 1024**2:.0f} MiB float32, sum exact on every rank; "
-              f"algbw {algbw:.1f} GB/s")
-    if world == 1:
-        detail += "; n=1: no inter-GPU traffic, busbw is 0 by definition"
+    detail = f"{library}, {world} rank(s), {nbytes / 1024**2:.0f} MiB float32, sum exact on every rank; "
+    if world == 1:  # one rank copies locally: its "algbw" says nothing about links
+        detail += "n=1: no inter-GPU traffic, busbw is 0 by definition"
+    else:
+        detail += f"algbw {algbw:.1f} GB/s"
     return Result(name, PASS, f"busbw {busbw:.1f} GB/s (n={world})", detail,
                   data={"world": world, "algbw_gbps": algbw, "busbw_gbps": busbw, "seconds": seconds,
                         "bytes": nbytes})
