@@ -1,0 +1,108 @@
+"""Small Dockerfile reader for the image tests: instructions, build-arg defaults, stages, FROM references.
+
+Only what the tests need: joins continuation lines, drops comments, resolves ``${ARG}`` in FROM lines from the
+global ARG defaults (the values a plain `docker buildx build` uses).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = {vendor: ROOT / f"Dockerfile.{vendor}" for vendor in ("rocm", "cuda", "cpu")}
+APP_MARKER = "FROM runtime AS app"
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+PLACEHOLDER_DIGEST = "@sha256:" + "0" * 64
+
+
+@dataclass(frozen=True)
+class Instruction:
+    line: int  # 1-based line of the instruction's first line
+    keyword: str
+    args: str
+
+
+def instructions(text: str) -> list[Instruction]:
+    out: list[Instruction] = []
+    pending: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if pending and stripped.startswith("#"):
+            continue  # comment lines inside a continued instruction are dropped by the parser too
+        if not pending:
+            start = number
+        if stripped.endswith("\\"):
+            pending.append(stripped[:-1])
+            continue
+        pending.append(stripped)
+        joined = " ".join(part.strip() for part in pending)
+        keyword, _, args = joined.partition(" ")
+        out.append(Instruction(start, keyword.upper(), args.strip()))
+        pending = []
+    return out
+
+
+def global_args(items: list[Instruction]) -> dict[str, str]:
+    """ARG defaults declared before the first FROM (the only ones FROM lines can use)."""
+    defaults: dict[str, str] = {}
+    for item in items:
+        if item.keyword == "FROM":
+            break
+        if item.keyword == "ARG" and "=" in item.args:
+            name, _, value = item.args.partition("=")
+            defaults[name.strip()] = value.strip().strip('"')
+    return defaults
+
+
+@dataclass(frozen=True)
+class FromLine:
+    line: int
+    reference: str  # as written
+    resolved: str  # ${ARG} replaced by its default
+    stage: str | None
+
+
+def from_lines(text: str) -> list[FromLine]:
+    items = instructions(text)
+    defaults = global_args(items)
+    out = []
+    for item in items:
+        if item.keyword != "FROM":
+            continue
+        words = [w for w in item.args.split() if not w.startswith("--")]
+        reference = words[0]
+        stage = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
+        resolved = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults.get(m.group(1) or m.group(2), m.group(0)),
+                          reference)
+        out.append(FromLine(item.line, reference, resolved, stage))
+    return out
+
+
+def unpinned_bases(text: str, allow_placeholder: bool = False) -> list[str]:
+    """FROM references that are neither an earlier stage, scratch, nor pinned by a sha256 digest."""
+    problems = []
+    stages: set[str] = set()
+    for item in from_lines(text):
+        if item.resolved in stages or item.resolved == "scratch":
+            pass
+        elif "$" in item.resolved:
+            problems.append(f"line {item.line}: {item.reference} has no default to check")
+        elif not DIGEST.search(item.resolved):
+            problems.append(f"line {item.line}: {item.resolved} is not pinned by digest")
+        elif item.resolved.endswith(PLACEHOLDER_DIGEST) and not allow_placeholder:
+            problems.append(f"line {item.line}: {item.resolved} carries the placeholder digest")
+        if item.stage:
+            stages.add(item.stage)
+    return problems
+
+
+def app_stage(text: str) -> str:
+    index = text.find(APP_MARKER)
+    if index < 0:
+        raise AssertionError(f"no '{APP_MARKER}' line")
+    return text[index:]

