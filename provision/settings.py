@@ -279,9 +279,10 @@ def resolve(host_name: str, groups: list[str] | set[str], data: Any, facts: dict
     if tarball is not None and not Path(tarball).is_file():
         raise d.error("kit_image_tarball", f"names {tarball!r}, which is not a file on this (the control) machine")
 
-    image = d.required("kit_image")
-    if ":" not in image.rsplit("/", 1)[-1]:
-        raise d.error("kit_image", f"must name a tag, e.g. clinical-finetune-kit:rocm (got {image!r})")
+    image_name, image_tag = str(d.required("kit_image_name")), str(d.required("kit_image_tag"))
+    if ":" in image_name.rsplit("/", 1)[-1]:
+        raise d.error("kit_image_name", f"must be the name without a tag; the tag is kit_image_tag (got {image_name!r})")
+    image = f"{image_name}:{image_tag}"
 
     reboot_timeout = d.int_or_none("reboot_timeout")
     return NodeSettings(

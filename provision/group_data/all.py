@@ -37,9 +37,9 @@ docker_packages = ["docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx
 # --- Verification -----------------------------------------------------------------------------------------------------
 verify_gpus = True
 expected_gpu_count = None  # e.g. 8; None accepts any number above zero
-# The kit's image (Makefile: IMAGE:TAG) and its smoke check; group data sets the tag.
+# The kit's image is kit_image_name:kit_image_tag (the Makefile's IMAGE and TAG); each group sets its tag.
 verify_kit_image = True
-kit_image = "clinical-finetune-kit:rocm"
+kit_image_name = "clinical-finetune-kit"
 # Air-gapped sites: path on the control machine to a `docker save` tarball; it is copied over and loaded instead
 # of pulling.
 kit_image_tarball = None

@@ -78,8 +78,8 @@ def test_good_data_runs_to_the_end(tmp_path):
             "tune_* settings are AMD's MI300X/MI250 guidance",
         ),
         (
-            node(kit_image="clinical-finetune-kit"),
-            "kit_image must name a tag, e.g. clinical-finetune-kit:rocm",
+            node(kit_image_name="clinical-finetune-kit:latest"),
+            "kit_image_name must be the name without a tag; the tag is kit_image_tag",
         ),
         (
             node(gpu_users=["bob"]),
@@ -100,7 +100,7 @@ def test_good_data_runs_to_the_end(tmp_path):
         "bad-key-checksum",
         "unsupported-driver-branch",
         "tuning-on-nvidia",
-        "image-without-tag",
+        "image-name-with-tag",
         "missing-user",
         "missing-tarball",
     ],
