@@ -136,7 +136,8 @@ class KitChecks(FactBase[dict]):
     def command(self, image: str, docker_args: list[str], checks_command: str) -> str:
         args = " ".join(shlex.quote(arg) if not arg.startswith("$(") else arg for arg in docker_args)
         return (
-            f"docker run --rm --network host {args} {shlex.quote(image)} {checks_command} 2>&1; "
+            # --pull never: check the image this run pulled or loaded, never a registry's newer one.
+            f"docker run --rm --pull never --network host {args} {shlex.quote(image)} {checks_command} 2>&1; "
             f'echo "{EXIT_MARKER}$?"'
         )
 

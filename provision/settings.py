@@ -281,7 +281,9 @@ def resolve(host_name: str, groups: list[str] | set[str], data: Any, facts: dict
 
     image_name, image_tag = str(d.required("kit_image_name")), str(d.required("kit_image_tag"))
     if ":" in image_name.rsplit("/", 1)[-1]:
-        raise d.error("kit_image_name", f"must be the name without a tag; the tag is kit_image_tag (got {image_name!r})")
+        raise d.error(
+            "kit_image_name", f"must be the name without a tag; the tag is kit_image_tag (got {image_name!r})"
+        )
     image = f"{image_name}:{image_tag}"
 
     reboot_timeout = d.int_or_none("reboot_timeout")

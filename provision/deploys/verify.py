@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import files, server
 from pyinfra.operations.util import any_changed
 
+from provision.facts import DockerImageId
 from provision.operations import docker_image_pulled, gpus_match, kit_checks_pass
 from provision.settings import NodeSettings
 
@@ -42,7 +44,13 @@ def verify(settings: NodeSettings) -> None:
         # Air-gapped sites: the image travels as a `docker save` tarball from the control machine.
         remote = f"{REMOTE_IMAGE_DIR}/{Path(settings.kit_image_tarball).name}"
         upload = files.put(name="Kit image tarball on the host", src=settings.kit_image_tarball, dest=remote)
-        server.shell(name=f"Load {settings.kit_image}", commands=[f"docker load -i {remote}"], _if=upload.did_change)
+
+        def image_missing_or_new_tarball() -> bool:
+            return upload.did_change() or host.get_fact(DockerImageId, image=settings.kit_image) is None
+
+        server.shell(
+            name=f"Load {settings.kit_image}", commands=[f"docker load -i {remote}"], _if=image_missing_or_new_tarball
+        )
     else:
         docker_image_pulled(name=f"{settings.kit_image} is pulled", image=settings.kit_image)
     kit_checks_pass(

@@ -10,7 +10,6 @@ it carries the kernel packages and a rocminfo with a higher version than AMD's, 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
 import subprocess
@@ -57,7 +56,7 @@ class FakeRepos:
     root: Path
     base_url: str = ""
     key_sha256: dict[str, str] = field(default_factory=dict)
-    server_pid: int | None = None
+    server: subprocess.Popen | None = None
 
 
 def repo_specs(kernel: str) -> list[RepoSpec]:
@@ -285,7 +284,7 @@ def serve(repos: FakeRepos, log_path: Path) -> FakeRepos:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    repos.server_pid = process.pid
+    repos.server = process
     repos.base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 15
     while True:
@@ -300,10 +299,8 @@ def serve(repos: FakeRepos, log_path: Path) -> FakeRepos:
 
 
 def stop(repos: FakeRepos) -> None:
-    if repos.server_pid is not None:
-        try:
-            os.kill(repos.server_pid, 15)
-            os.waitpid(repos.server_pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        repos.server_pid = None
+    """Stop the server this module started (SIGTERM to its own PID) and reap it."""
+    if repos.server is not None:
+        repos.server.terminate()
+        repos.server.wait(timeout=10)
+        repos.server = None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from provision_harness import run_pyinfra, write_hosts_file
+from provision_harness import PYINFRA, run_pyinfra, write_hosts_file
+
+pytestmark = pytest.mark.skipif(not PYINFRA.exists(), reason=f"pyinfra is not installed at {PYINFRA}")
 
 FAKE_UBUNTU = {
     "fake_delay": 0,
