@@ -88,12 +88,18 @@ def docker_image_pulled(image: str) -> Iterator[str]:
 
 def gpu_docker_args(platform: str, render_gid: int | None) -> list[str]:
     """`docker run` flags that give a container the host's GPUs."""
+    # Multi-GPU collectives (NCCL/RCCL) share memory through /dev/shm; Docker's default 64 MB is too small.
+    shared = ["--ipc", "host"]
     if platform == "cuda":
-        return ["--gpus", "all"]
+        return ["--gpus", "all", *shared]
     # ROCm: the compute device and the render nodes, plus the groups that own them on this host. The render group
-    # must be given as a number: the image has no group of that name, or one with another id.
+    # must be given as a number: the image has no group of that name, or one with another id. AMD's container
+    # instructions also lift the seccomp profile, which blocks memory-policy calls the ROCm runtime makes.
     gid = str(render_gid) if render_gid is not None else "$(getent group render | cut -d: -f3)"
-    return ["--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video", "--group-add", gid]
+    return [
+        "--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video", "--group-add", gid,
+        "--security-opt", "seccomp=unconfined", *shared,
+    ]  # fmt: skip
 
 
 @operation(is_idempotent=True)
