@@ -218,7 +218,8 @@ def cache_dir(env: dict[str, str]) -> Path:
     """Where model downloads land: HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface."""
     if env.get("HF_HOME"):
         return Path(env["HF_HOME"])
-    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path(env.get("HOME", "~")).expanduser() / ".cache"
+    home = Path(env.get("HOME", "~")).expanduser()
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else home / ".cache"
     return base / "huggingface"
 
 

@@ -116,7 +116,7 @@ def load_build_info(path: Path) -> BuildInfo:
 
 
 def normalize_arch(arch: str) -> str:
-    """One spelling per architecture: "gfx90a:sramecc+:xnack-" -> "gfx90a"; "9.0", "9.0+PTX", "90", "sm_90" -> "sm_90"."""
+    """One spelling per arch: "gfx90a:sramecc+:xnack-" -> "gfx90a"; "9.0", "9.0+PTX", "90", "sm_90" -> "sm_90"."""
     arch = arch.strip().lower()
     if arch.startswith("gfx"):
         return arch.split(":", 1)[0]

@@ -7,7 +7,7 @@ returns why they cannot run (no torch, CPU-only build, no device visible) or Non
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from checks.build_info import normalize_arch
@@ -86,13 +86,3 @@ def gpu_skip_reason(ctx: Context) -> Optional[str]:
     if not p.devices:
         return f"no GPU visible to torch {p.torch_version} ({p.device_error or 'device_count() is 0'})"
     return None
-
-
-@dataclass
-class PerDevice:
-    """Collects one measurement per GPU and folds them into one table row (worst status wins)."""
-
-    lines: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    warned: list[str] = field(default_factory=list)
-    data: list[dict] = field(default_factory=list)

@@ -154,10 +154,31 @@ def compare_cuda_driver(driver: tuple[int, int], runtime: str) -> tuple[str, str
     return FAIL, f"driver supports CUDA {driver[0]}.{driver[1]} only; torch needs CUDA {runtime}"
 
 
+def gpu_expected(ctx: Context) -> list[str]:
+    """Why this host should have a usable GPU (empty: a CPU machine, where no GPU is a warning, not a failure).
+
+    A CUDA build of torch alone is no evidence: PyPI's default torch is one, on laptops and CI machines too."""
+    from checks import access  # device-node paths live there (and tests point them at a fake /dev)
+
+    reasons = []
+    if ctx.require_gpu:
+        reasons.append("--require-gpu was given")
+    info, _ = build_info(ctx)
+    if info is not None:
+        reasons.append(f"the image ({info.path}) was built for {info.vendor}")
+    nodes = [str(access.DEV / n) for n in ("kfd", "nvidiactl") if (access.DEV / n).exists()]
+    if nodes:
+        reasons.append(f"GPU device nodes exist ({', '.join(nodes)})")
+    return reasons
+
+
 @check("platform.driver")
 def driver(ctx: Context) -> Result:
     """The kernel driver's version, and (CUDA) whether it supports torch's CUDA runtime."""
     p = probe(ctx)
+    reason = gpu_skip_reason(ctx)
+    if reason is not None and not gpu_expected(ctx):
+        return Result("platform.driver", SKIP, "", reason)
     if p.backend == "cuda":
         version = _nvidia_driver_version()
         api = _cuda_driver_api_version()
@@ -237,13 +258,7 @@ def gpus(ctx: Context) -> Result:
     p = probe(ctx)
     info, _ = build_info(ctx)
     if reason is not None:
-        expected = []
-        if ctx.require_gpu:
-            expected.append("--require-gpu was given")
-        if info is not None:
-            expected.append(f"the image ({info.path}) was built for {info.vendor}")
-        if p.backend != "cpu":
-            expected.append(f"torch is a {p.backend.upper()} build")
+        expected = gpu_expected(ctx)
         if expected:
             return Result("platform.gpus", FAIL, "0 GPUs", f"{reason}; a GPU was expected: {'; '.join(expected)}",
                           hint="check the access.* rows: device nodes passed to the container (ROCm: --device "

@@ -26,6 +26,15 @@ def make_ctx(backend: str = "cpu", devices: tuple[Device, ...] = (), torch_archs
     return ctx
 
 
+@pytest.fixture(autouse=True)
+def empty_dev(monkeypatch, tmp_path_factory):
+    """Checks look at an empty fake /dev unless a test builds one: the host's real nodes (a GPU machine has
+    /dev/nvidiactl) must not change what a faked probe means."""
+    from checks import access
+
+    monkeypatch.setattr(access, "DEV", tmp_path_factory.mktemp("dev"))
+
+
 @pytest.fixture
 def no_default_build_info(monkeypatch, tmp_path):
     """Point the default build-info path somewhere empty, so a real /etc file on the test host cannot leak in."""

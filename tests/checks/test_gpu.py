@@ -25,7 +25,8 @@ GPU_CHECKS = ["platform.torch", "platform.driver", "platform.gpus", "numerics.ma
 
 @pytest.fixture(scope="module")
 def gpu_run():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, "-m", "checks", "--json", "--require-gpu"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     return proc, {r["name"]: r for r in json.loads(proc.stdout)}

@@ -128,7 +128,8 @@ def test_flash_attention_without_a_flash_kernel(gpus_on_cpu, monkeypatch, tmp_pa
     def unavailable(q, k, v):
         raise RuntimeError("No available kernel. Aborting execution.")
 
-    monkeypatch.setattr(N, "pick_attention", lambda ctx: ("torch SDPA flash kernel", unavailable, "flash_attn not installed"))
+    picked = ("torch SDPA flash kernel", unavailable, "flash_attn not installed")
+    monkeypatch.setattr(N, "pick_attention", lambda ctx: picked)
     res = N.flash_attention(make_ctx("hip", (MI300X,), ("gfx942",), "6.0"))
     assert res.status == WARN and res.value == "no flash kernel"
     info = tmp_path / "b.json"

@@ -56,7 +56,8 @@ def test_cpu_run_accepts_a_fallback_and_says_so(fake_pipeline):
     assert seen["recipe"].train.device == "cpu" and seen["recipe"].quantization.on_unsupported == "fallback"
 
 
-@pytest.mark.parametrize("change, message", [({"steps": 1}, "ran 1 steps"), ({"final_loss": float("nan")}, "not a finite")])
+@pytest.mark.parametrize("change, message",
+                         [({"steps": 1}, "ran 1 steps"), ({"final_loss": float("nan")}, "not a finite")])
 def test_bad_reports_fail(fake_pipeline, change, message):
     _, report = fake_pipeline
     report.update(change)

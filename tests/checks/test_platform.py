@@ -164,11 +164,30 @@ def test_gpus_warn_on_a_cpu_only_host(no_default_build_info):
     assert res.status == WARN and "CPU-only build" in res.detail
 
 
-def test_gpus_fail_when_a_gpu_was_expected(no_default_build_info):
+def test_gpus_fail_when_a_gpu_was_expected(no_default_build_info, tmp_path, monkeypatch):
     res = pc.gpus(make_ctx(require_gpu=True))
     assert res.status == FAIL and "--require-gpu" in res.detail
+    from checks import access
+
+    monkeypatch.setattr(access, "DEV", tmp_path)
+    (tmp_path / "kfd").write_text("")
     res = pc.gpus(make_ctx("hip", (), runtime="6.0", device_error="RuntimeError: No HIP GPUs are available"))
     assert res.status == FAIL and "No HIP GPUs" in res.detail and "/dev/kfd" in res.hint
+    assert "GPU device nodes exist" in res.detail
+
+
+def test_a_cuda_torch_on_a_machine_without_gpus_is_a_warning(no_default_build_info):
+    """PyPI's default torch is a CUDA build: on a laptop or CI machine that is no reason to fail."""
+    ctx = make_ctx("cuda", (), runtime="12.1", torch_version="2.3.1+cu121")
+    assert pc.gpus(ctx).status == WARN
+    res = pc.driver(ctx)
+    assert res.status == SKIP and "no GPU visible" in res.detail
+
+
+def test_gpu_image_without_gpu_fails(tmp_path):
+    ctx = make_ctx("cuda", (), runtime="12.1", torch_version="2.3.1+cu121", env=cuda_build_info(tmp_path))
+    res = pc.gpus(ctx)
+    assert res.status == FAIL and "was built for cuda" in res.detail
 
 
 def test_gpus_pass_with_native_code_everywhere(tmp_path):
