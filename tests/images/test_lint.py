@@ -87,6 +87,8 @@ def test_ci_override_puts_every_service_on_the_host_network():
     for vendor in ("cpu", "rocm", "cuda"):
         services = compose_config(vendor, "compose.yaml", "compose.ci.yaml")["services"]
         assert {s["network_mode"] for s in services.values()} == {"host"}
+        assert {s["ulimits"]["memlock"] for s in services.values()} == {8388608}
+        assert {s["ulimits"]["stack"] for s in services.values()} == {64 * 1024 * 1024}, "override lost the rest"
 
 
 @needs_compose

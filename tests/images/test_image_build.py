@@ -1,0 +1,209 @@
+"""A real build and run of the image's app layers, on a CPU base made locally (no registry here).
+
+Why the build goes through `docker buildx build` and not the docker SDK: the SDK (docker-py 7.2) talks to the
+engine's classic build API, which has no BuildKit session: no `RUN --mount` (cache mounts, secrets), no
+`--secret`, no `--build-context`; building Dockerfile.cpu through it fails with "the --mount option requires
+BuildKit". So the tests build with the buildx CLI (as users do, through make) and use the SDK for what it
+does well: engine checks, image inspection, saving an image to scan its layers. Jobs run through
+`docker compose run`, as users run them, with compose.ci.yaml's host networking (no bridge may be created here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.images.dockerfiles import ROOT
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+TAG = "ci"
+IMAGE = f"clinical-finetune-kit:{TAG}-cpu"
+TORCH_WHEELS = Path(os.environ.get("CKIT_TORCH_WHEELS", "/opt/wheels"))
+SYSTEM_CA = Path(os.environ.get("CKIT_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
+# What the build context holds (.dockerignore's allow-list), for copying it to a scratch folder.
+CONTEXT_ITEMS = ["Dockerfile.cpu", ".dockerignore", "docker", "requirements", "pyproject.toml", "recipes", "checks",
+                 "pipeline"]
+
+
+def run(args: list[str], timeout: int, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def cpu_base(docker_client) -> str:
+    result = run(["bash", str(ROOT / "scripts/ci/docker-cpu-base.sh")], timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory) -> dict[str, str]:
+    """A CA bundle (the system one, which pip here needs) and a hub token, each carrying a unique marker."""
+    folder = tmp_path_factory.mktemp("secrets")
+    marker = f"ckit-secret-{uuid.uuid4().hex}"
+    ca = folder / "ca.pem"
+    # Text outside BEGIN/END blocks is ignored by PEM readers, so the bundle still works with the marker in it.
+    ca.write_text((SYSTEM_CA.read_text() if SYSTEM_CA.is_file() else "") + f"\n{marker}-ca\n")
+    token = folder / "hf_token"
+    token.write_text(f"hf_{marker}-token\n")
+    return {"marker": marker, "ca": str(ca), "token": str(token)}
+
+
+def buildx(context: Path, base: str, secrets: dict[str, str], tag: str) -> str:
+    if not any(TORCH_WHEELS.glob("torch-2.13.0+cpu-*.whl")):
+        pytest.skip(f"no torch 2.13.0+cpu wheel in {TORCH_WHEELS} (set CKIT_TORCH_WHEELS)")
+    args = ["docker", "buildx", "build", "--network", "host", "--progress", "plain",
+            "-f", str(context / "Dockerfile.cpu"), "--target", "app",
+            "--build-arg", f"CPU_BASE={base}", "--build-arg", "VCS_REF=ci-test",
+            "--build-context", f"torch-wheels={TORCH_WHEELS}",
+            "--secret", f"id=ca_bundle,src={secrets['ca']}", "--secret", f"id=hf_token,src={secrets['token']}",
+            "--load", "-t", tag, str(context)]
+    result = run(args, timeout=1800)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result.stderr  # buildx writes its progress to stderr
+
+
+@pytest.fixture(scope="module")
+def built(docker_client, cpu_base, secrets) -> dict:
+    log = buildx(ROOT, cpu_base, secrets, IMAGE)
+    return {"image": docker_client.images.get(IMAGE), "log": log}
+
+
+def test_image_metadata(built):
+    image = built["image"]
+    config = image.attrs["Config"]
+    assert config["User"] not in ("", "root", "0", "0:0"), "the image must not run as root"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["HF_HUB_OFFLINE"] == "1" and env["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert env["KIT_CACHE_DIR"] == "/cache/kit" and env["HF_HOME"] == "/cache/hf"
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.revision"] == "ci-test"
+    assert labels["io.github.clinical-finetune-kit.torch"] == "2.13.0+cpu"
+    assert "org.opencontainers.image.source" in labels
+
+
+def test_build_secrets_are_not_in_any_layer(docker_client, built, secrets):
+    marker = secrets["marker"].encode()
+    tail = b""
+    size = 0
+    # The whole image as `docker save` writes it (every layer, the config, the history).
+    for chunk in docker_client.api.get_image(IMAGE, chunk_size=8 << 20):
+        window = tail + chunk
+        assert marker not in window, "a build secret was written into the image"
+        tail = window[-len(marker):]
+        size += len(chunk)
+    assert size > 100 << 20, f"scanned only {size} bytes: not the whole image"
+    for entry in built["image"].history():
+        assert secrets["marker"] not in entry.get("CreatedBy", "")
+
+
+def memlock_limit() -> int:
+    """The most locked memory this engine may grant a container: our own hard limit (CI lacks CAP_SYS_RESOURCE)."""
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    return -1 if hard == resource.RLIM_INFINITY else hard
+
+
+def compose(args: list[str], folders: dict[str, Path], uid: int, gid: int, timeout: int) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KIT_VENDOR": "cpu", "KIT_TAG": TAG, "KIT_REGISTRY": "", "KIT_UID": str(uid),
+           "KIT_GID": str(gid), "KIT_DATA_DIR": str(folders["data"]), "KIT_CACHE_HOST_DIR": str(folders["cache"]),
+           "KIT_OUTPUT_DIR": str(folders["runs"]), "KIT_CI_MEMLOCK": str(memlock_limit())}
+    base = ["docker", "compose", "-f", "compose.yaml", "-f", "compose.ci.yaml", "run", "--rm", "-T"]
+    return run(base + args, timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compose")
+    out = {name: root / name for name in ("data", "cache", "runs")}
+    for path in out.values():
+        path.mkdir()
+        path.chmod(0o777)  # the job runs as another UID below
+    return out
+
+
+# A UID that exists neither on the host nor in the image: outputs must still belong to it.
+JOB_UID, JOB_GID = 4242, 4343
+
+
+def test_compose_check_on_cpu(built, folders):
+    result = compose(["check", "--json"], folders, JOB_UID, JOB_GID, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads(result.stdout)}
+    assert results["platform.torch"]["status"] == "pass"
+    assert results["platform.torch"]["data"]["torch"] == "2.13.0+cpu"
+    assert results["access.shm"]["status"] == "pass", "ipc: host should give the job the host's /dev/shm"
+    assert not [name for name, r in results.items() if r["status"] == "fail"]
+
+
+def test_compose_finetune_then_evaluate_on_the_embedded_default(built, folders):
+    finetune = compose(["finetune", "--recipe", "recipes/demo-cpu.yaml", "--plain", "train.steps=2",
+                        "eval.limit=8", "eval.before_training=false", "train.output_dir=runs/ci"],
+                       folders, JOB_UID, JOB_GID, timeout=900)
+    assert finetune.returncode == 0, finetune.stdout[-3000:] + finetune.stderr[-3000:]
+    run_dir = folders["runs"] / "ci"
+    adapter = run_dir / "adapter"
+    assert (adapter / "adapter_config.json").is_file(), sorted(p.name for p in run_dir.iterdir())
+    assert adapter.stat().st_uid == JOB_UID, "outputs must belong to the invoking user"
+    evaluate = compose(["evaluate", "--model", "smollm2-135m-instruct", "--adapter", "runs/ci/adapter",
+                        "--data", "runs/ci/data/test.jsonl", "--output", "runs/ci/eval-cli", "--limit", "8",
+                        "--scoring", "cloze"], folders, JOB_UID, JOB_GID, timeout=900)
+    assert evaluate.returncode == 0, evaluate.stdout[-3000:] + evaluate.stderr[-3000:]
+    metrics = json.loads((run_dir / "eval-cli" / "metrics.json").read_text())
+    assert metrics, "empty metrics"
+    predictions = (run_dir / "eval-cli" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == 8
+    # The demo model was converted once into the cache mount, not into the image or the output folder.
+    assert any(folders["cache"].rglob("*.safetensors")), "no converted model in the cache folder"
+
+
+STEP = re.compile(r"^#(\d+) \[(?:(\w[\w-]*) )?(\d+)/(\d+)\] (.*)$", re.M)
+
+
+def steps(log: str) -> dict[str, tuple[str, str, bool]]:
+    """step id -> (stage, instruction, cached) from BuildKit's plain progress output."""
+    found = {number: (stage or "", text, False) for number, stage, _, _, text in STEP.findall(log)}
+    for number in re.findall(r"^#(\d+) CACHED$", log, re.M):
+        if number in found:
+            stage, text, _ = found[number]
+            found[number] = (stage, text, True)
+    return found
+
+
+def test_pipeline_change_rebuilds_only_the_app_code_layers(built, cpu_base, secrets, tmp_path, docker_client):
+    context = tmp_path / "context"
+    context.mkdir()
+    for item in CONTEXT_ITEMS:
+        source = ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, context / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, context / item)
+    with open(context / "pipeline" / "__init__.py", "a") as handle:
+        handle.write(f"\n# touched by {__name__} {uuid.uuid4().hex}\n")
+    log = buildx(context, cpu_base, secrets, f"{IMAGE}-touched")
+    found = steps(log)
+    assert found, log[-3000:]
+    rebuilt = [(stage, text) for stage, text, cached in found.values() if not cached]
+    # Every step below the app stage, and the app's dependency layers, came from the cache (FROM lines are
+    # reported as loaded, not cached: they build nothing) ...
+    for stage, text, cached in found.values():
+        if not cached and not text.startswith("FROM ") and not (stage == "app" and "COPY pipeline/" in text):
+            pytest.fail(f"rebuilt although only pipeline/ changed: [{stage}] {text}")
+    cached_steps = [(stage, text) for stage, text, cached in found.values() if cached]
+    assert any(stage == "torch" and "pip install" in text for stage, text in cached_steps), cached_steps
+    assert any(stage == "app" and "--require-hashes" in text for stage, text in cached_steps), cached_steps
+    # ... and the pipeline's own layer was rebuilt.
+    assert rebuilt and all(stage == "app" and "COPY pipeline/" in text
+                           for stage, text in rebuilt if not text.startswith("FROM ")), rebuilt
+    touched = docker_client.images.get(f"{IMAGE}-touched")
+    assert touched.id != docker_client.images.get(IMAGE).id
+    docker_client.images.remove(f"{IMAGE}-touched")
