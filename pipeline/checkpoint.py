@@ -1,0 +1,126 @@
+"""Training checkpoints that are either complete or absent.
+
+A checkpoint is a folder ``<output_dir>/checkpoint-<step>`` holding everything needed to continue exactly where
+the run stopped: the LoRA adapter (peft format, loadable on its own), optimizer and scheduler state, every RNG
+(python, numpy, torch CPU and CUDA), the batcher's position, the step and the per-step history. It is written into
+a hidden temporary folder, a ``COMPLETE`` marker goes in last, and one ``os.replace`` puts it in place: a run killed
+mid-write leaves only a ``.tmp-*`` folder, which ``latest_checkpoint`` ignores (and the next save removes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+COMPLETE = "COMPLETE"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # numpy's state holds an ndarray, which torch.load(weights_only=True) refuses: store plain lists.
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    found = []
+    if not Path(output_dir).is_dir():
+        return found
+    for child in Path(output_dir).iterdir():
+        match = _NAME.match(child.name)
+        if match and (child / COMPLETE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    found = list_checkpoints(output_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    *,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batcher_state: dict[str, Any],
+    history: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stale in output_dir.glob(".tmp-checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=output_dir))
+    try:
+        model.save_pretrained(tmp / "adapter")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            tmp / "training_state.pt",
+        )
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "batcher": batcher_state, "history": history}, indent=1)
+        )
+        (tmp / COMPLETE).write_text(f"{step}\n")
+        final = output_dir / f"checkpoint-{step}"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep > 0:
+        for _, old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """Restore adapter weights, optimizer, scheduler and RNG from ``path``; return {"step", "batcher", "history"}."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights = path / "adapter" / "adapter_model.safetensors"
+    state_dict = load_file(str(weights))
+    result = set_peft_model_state_dict(model, state_dict)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"{weights}: adapter has weights this model lacks ({unexpected[:3]}): different lora settings?")
+    # weights_only: the file holds only tensors and plain containers; never unpickle arbitrary objects.
+    training = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    set_rng_state(training["rng"])
+    return json.loads((path / "state.json").read_text())

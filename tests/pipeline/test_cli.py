@@ -1,0 +1,124 @@
+"""``python -m pipeline``: user mistakes give a short message naming the key or file:line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.__main__ import main
+from recipe_helpers import write_questions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _recipe(tmp_path: Path, model_dir: Path, body: str = "") -> Path:
+    train = write_questions(tmp_path / "train.jsonl", 16)
+    evals = write_questions(tmp_path / "eval.jsonl", 8, offset=3)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"model: {{name_or_path: '{model_dir}', attention: sdpa}}\n"
+        "quantization: {mode: none}\n"
+        "lora: {r: 8, alpha: 16, dropout: 0.0}\n"
+        f"data: {{train: '{train}', eval: '{evals}', target: text, max_length: 128}}\n"
+        f"train: {{steps: 4, batch_size: 4, lr: 1.0e-2, device: cpu, precision: fp32, checkpoint_every: 2, "
+        f"output_dir: '{tmp_path / 'run'}'}}\n"
+        "eval: {scoring: cloze}\n" + body
+    )
+    return path
+
+
+def test_unknown_recipe_key_is_named(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    assert main(["finetune", "--recipe", str(recipe), "train.stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.stepz" in err and "Traceback" not in err
+
+
+def test_wrong_type_is_named(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir, body="")
+    recipe.write_text(recipe.read_text().replace("steps: 4", "steps: four"))
+    assert main(["finetune", "--recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "train.steps" in err and "integer" in err
+
+
+def test_bad_data_lists_file_and_line(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    train = tmp_path / "train.jsonl"
+    lines = train.read_text().splitlines()
+    lines[2] = "{not json"
+    row = json.loads(lines[5])
+    row["answer_idx"] = "Z"
+    lines[5] = json.dumps(row)
+    train.write_text("\n".join(lines) + "\n")
+    for command in ("prepare", "finetune"):
+        assert main([command, "--recipe", str(recipe)]) == 2
+        err = capsys.readouterr().err
+        assert f"{train}:3:" in err and f"{train}:6:" in err, err
+        assert "Traceback" not in err
+
+
+def test_prepare_reports_counts_contamination_and_lengths(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    # Make one evaluation question a copy of a training question.
+    train_rows = (tmp_path / "train.jsonl").read_text().splitlines()
+    with open(tmp_path / "eval.jsonl", "a") as handle:
+        handle.write(train_rows[0] + "\n")
+    assert main(["prepare", "--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["train"]["rows"] == 16 and summary["eval"]["rows"] == 9
+    assert summary["contamination"] == 1 and "warning: 1 evaluation questions" in out
+    stats = summary["train_tokens"]
+    assert 0 < stats["min"] <= stats["median"] <= stats["p95"] <= stats["max"]
+
+
+def test_prepare_demo_writes_the_demo_data(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir, body="")
+    text = recipe.read_text().replace("data: {", "data: {source: demo, ")
+    recipe.write_text(text)
+    assert main(["prepare", "--recipe", str(recipe)]) == 0
+    assert (tmp_path / "run" / "data" / "train.jsonl").is_file()
+    assert (tmp_path / "run" / "data" / "test.jsonl").is_file()
+
+
+def test_finetune_then_evaluate_the_adapter(tmp_path, tiny_model_dir, capsys):
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    assert main(["finetune", "--recipe", str(recipe), "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "step 4/4" in out and "accuracy after:" in out
+    assert main(["finetune", "--recipe", str(recipe), "--plain"]) == 2  # checkpoints exist: --resume/--overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "run" / "adapter"),
+                 "--data", str(tmp_path / "eval.jsonl"), "--output", str(tmp_path / "ev"), "--limit", "5",
+                 "--scoring", "cloze", "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["count"] == 5
+    # The merged adapter scores exactly as the in-memory model did at the end of training.
+    trained = json.loads((tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()[0])
+    merged = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()[0])
+    assert trained["source"] == merged["source"]
+    for letter, score in trained["scores"].items():
+        assert merged["scores"][letter] == pytest.approx(score, abs=1e-3)
+
+
+def test_evaluate_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
+    data = write_questions(tmp_path / "eval.jsonl", 4)
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "nothing"),
+                 "--data", str(data), "--output", str(tmp_path / "ev"), "--device", "cpu"])
+    assert code == 2 and "adapter_config.json" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_2_without_traceback(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lora: {rank: 8}\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--recipe", str(recipe)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "lora.rank" in proc.stderr and "Traceback" not in proc.stderr
