@@ -101,12 +101,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{chk.name:28} {chk.summary}")
         return 0
     ctx = Context(require_gpu=args.require_gpu)
+    # What the checks and the libraries they call print goes to stderr: stdout carries the table or the JSON alone.
+    with stdout_to_stderr():
+        results = run_checks(chosen, ctx, on_result=log_line if args.json else None)
     if args.json:
-        with stdout_to_stderr():
-            results = run_checks(chosen, ctx, on_result=log_line)
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        results = run_checks(chosen, ctx)
         render_table(results)
     if args.json_out:
         write_json_atomic(args.json_out, [r.to_dict() for r in results])

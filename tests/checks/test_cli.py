@@ -118,6 +118,9 @@ def test_json_mode_keeps_stray_prints_off_stdout(monkeypatch, capfd):
     out, err = capfd.readouterr()
     assert json.loads(out)[0]["name"] == "a.noisy"
     assert "library chatter" in err and "C-level chatter" in err
+    assert cli.main([]) == 0  # the table, too, stays clean of what checks print
+    out, err = capfd.readouterr()
+    assert "a.noisy" in out and "chatter" not in out and "C-level chatter" in err
 
 
 def test_registry_rejects_bad_names_and_statuses():
