@@ -78,7 +78,8 @@ def load_questions(path: str | Path) -> list[Question]:
         try:
             line = line_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(f"{loc}: not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the line), expected UTF-8 text")
+            where_bad = f"{exc.reason} at byte {exc.start + 1} of the line"
+            problems.append(f"{loc}: not valid UTF-8 ({where_bad}), expected UTF-8 text")
             continue
         if not line.strip():
             continue
@@ -120,7 +121,8 @@ def _parse_medqa(row: dict[str, Any], loc: str) -> tuple[Question | None, list[s
         problems.append(f"{loc}: no 'options' field, expected an object of letter -> option text")
         options = None
     elif not isinstance(options, dict):
-        problems.append(f"{loc}: 'options' is a JSON {_json_type(options)}, expected an object of letter -> option text")
+        kind = _json_type(options)
+        problems.append(f"{loc}: 'options' is a JSON {kind}, expected an object of letter -> option text")
         options = None
     else:
         option_problems = _check_options(options, loc)
@@ -135,7 +137,8 @@ def _parse_medqa(row: dict[str, Any], loc: str) -> tuple[Question | None, list[s
         if "answer_idx" not in row:
             problems.append(f"{loc}: no 'answer_idx' field, expected one of {letters}")
         elif not isinstance(answer_idx, str) or answer_idx not in options:
-            problems.append(f"{loc}: 'answer_idx' is {_describe(answer_idx)}, expected one of the option letters {letters}")
+            got = _describe(answer_idx)
+            problems.append(f"{loc}: 'answer_idx' is {got}, expected one of the option letters {letters}")
         elif "answer" in row and row["answer"] != options[answer_idx]:
             problems.append(
                 f"{loc}: 'answer' is {_describe(row['answer'])} but option {answer_idx} is "

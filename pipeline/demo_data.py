@@ -31,7 +31,9 @@ from typing import Any
 # Class names are the answer options; every class has at least three drugs so two stay for training.
 DRUG_CLASSES: dict[str, list[str]] = {
     "ACE inhibitor": ["lisinopril", "enalapril", "ramipril", "captopril", "benazepril", "quinapril", "perindopril"],
-    "Angiotensin II receptor blocker": ["losartan", "valsartan", "irbesartan", "candesartan", "olmesartan", "telmisartan"],
+    "Angiotensin II receptor blocker": [
+        "losartan", "valsartan", "irbesartan", "candesartan", "olmesartan", "telmisartan"
+    ],
     "Statin": ["atorvastatin", "simvastatin", "rosuvastatin", "pravastatin", "lovastatin", "pitavastatin"],
     "Beta blocker": ["metoprolol", "atenolol", "propranolol", "bisoprolol", "nadolol", "nebivolol"],
     "Calcium channel blocker": ["amlodipine", "nifedipine", "felodipine", "nicardipine", "isradipine"],

@@ -108,7 +108,9 @@ def test_invalid_utf8_names_the_line(tmp_path):
     path.write_bytes(json.dumps(GOOD).encode() + b"\n" + b'{"question": "caf\xe9"}\n')
     with pytest.raises(DataError) as info:
         load_questions(path)
-    assert info.value.problems == [f"{path}:2: not valid UTF-8 (invalid continuation byte at byte 18 of the line), expected UTF-8 text"]
+    assert info.value.problems == [
+        f"{path}:2: not valid UTF-8 (invalid continuation byte at byte 18 of the line), expected UTF-8 text"
+    ]
 
 
 def test_missing_and_empty_files_are_errors(tmp_path, write_jsonl):
@@ -132,7 +134,8 @@ def test_medqa_layouts_load_with_and_without_metamap_phrases(write_jsonl):
     q4, q5 = load_questions(write_jsonl([four, five]))
     assert q4 == Question(GOOD["question"], GOOD["options"], "B", None, q4.source)
     assert (q4.answer, q4.gold) == ("ACE inhibitor", 1)
-    assert list(q5.options) == ["A", "B", "C", "D", "E"] and (q5.answer, q5.gold, q5.meta_info) == ("Triptan", 4, "step1")
+    assert list(q5.options) == ["A", "B", "C", "D", "E"]
+    assert (q5.answer, q5.gold, q5.meta_info) == ("Triptan", 4, "step1")
 
 
 def test_answer_field_is_optional(write_jsonl):
