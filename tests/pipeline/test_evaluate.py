@@ -201,3 +201,19 @@ def test_write_eval_is_atomic_a_failed_write_keeps_the_old_file(tmp_path, monkey
         write_eval(result, out)
     assert (out / "metrics.json").read_text() == '{"old": true}'
     assert sorted(os.listdir(out)) == ["metrics.json"]  # no temp file left behind
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA or ROCm GPU: checks evaluation on the device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_on_gpu_shared_prompt_equals_full_and_padding_is_harmless(tiny_model, tiny_tokenizer, mixed_questions, dtype):
+    # GPU kernels (SDPA/flash paths, bf16 matmuls) differ from the CPU's: the same guarantees must hold there.
+    tiny_model.to(device="cuda", dtype=dtype)
+    tol = {"rel": 1e-4, "abs": 1e-3} if dtype == torch.float32 else {"rel": 0.02, "abs": 0.25}
+    shared = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring="cloze", batch_size=4)
+    full = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring="cloze", batch_size=5, method="full")
+    alone = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring="cloze", batch_size=1)
+    assert all_scores(shared) == pytest.approx(all_scores(full), **tol)
+    assert all_scores(shared) == pytest.approx(all_scores(alone), **tol)
+    cpu = evaluate(tiny_model.to(device="cpu", dtype=torch.float32), tiny_tokenizer, mixed_questions, scoring="cloze")
+    assert all_scores(shared) == pytest.approx(all_scores(cpu), **tol)
