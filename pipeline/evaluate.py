@@ -75,6 +75,8 @@ def evaluate(
     """
     if scoring not in ("letter", "cloze"):
         raise ValueError(f"scoring must be 'letter' or 'cloze', got {scoring!r}")
+    if method not in ("shared-prompt", "full"):
+        raise ValueError(f"method must be 'shared-prompt' or 'full', got {method!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     questions = list(questions)[:limit] if limit is not None else list(questions)
@@ -94,7 +96,7 @@ def evaluate(
         with torch.no_grad():
             if method == "full":
                 _score_full(model, items, order, batch_size, pad_id, scores)
-            elif method == "shared-prompt":
+            else:
                 for start in range(0, len(order), batch_size):
                     chunk = order[start:start + batch_size]
                     batch_scores = _score_shared_prompt(model, [items[i] for i in chunk], pad_id)
@@ -103,10 +105,11 @@ def evaluate(
                     else:
                         for i, s in zip(chunk, batch_scores):
                             scores[i] = s
-            else:
-                raise ValueError(f"method must be 'shared-prompt' or 'full', got {method!r}")
     finally:
         model.train(was_training)
+    missing = [questions[i].source for i, s in enumerate(scores) if s is None]
+    if missing:  # pragma: no cover - would be a bug in the batching above
+        raise RuntimeError(f"no scores for {missing[:3]}")
     return _summarize(questions, [s for s in scores if s is not None], scoring)
 
 
@@ -160,14 +163,15 @@ def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[li
     last = [len(item.context) - 1 for item in batch]
     keep = sorted(set(last))
     need_rest = any(len(choice) > 1 for item in batch for choice in item.choices)
-    out = model(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        use_cache=need_rest,
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "use_cache": need_rest}
+    try:
         # Only the logits at each prompt's last position are needed; the full (batch, length, vocab) tensor would
         # be gigabytes for long MedQA prompts with a 32k vocabulary.
-        logits_to_keep=torch.tensor(keep, device=device),
-    )
+        out = model(**inputs, logits_to_keep=torch.tensor(keep, device=device))
+    except TypeError as exc:  # an architecture without logits_to_keep: take all logits
+        if "logits_to_keep" not in str(exc):
+            raise
+        out = model(**inputs)
     logits = out.logits
     column = {pos: (keep.index(pos) if logits.shape[1] == len(keep) else pos) for pos in keep}
     first = torch.stack([logits[row, column[last[row]]] for row in range(len(batch))]).float()

@@ -92,6 +92,18 @@ def test_letter_scoring_hand_computed_and_ties_go_to_the_first_option():
     assert pred["predicted"] == "C"
 
 
+class NoLogitsToKeepLM(BigramLM):
+    """An architecture whose forward has no logits_to_keep argument: evaluate must take all logits instead."""
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False, past_key_values=None, position_ids=None):
+        return super().forward(input_ids, attention_mask, use_cache, 0, past_key_values, position_ids)
+
+
+def test_models_without_logits_to_keep_score_the_same():
+    pred = evaluate(NoLogitsToKeepLM(), CharTokenizer(), [LENGTHS_Q], scoring="cloze").predictions[0]
+    assert pred["scores"] == pytest.approx({"A": -3 * LOG_V, "B": -9 * LOG_V, "C": -5 * LOG_V}, abs=1e-4)
+
+
 def test_model_is_scored_in_eval_mode_and_its_mode_is_restored():
     model = BigramLM()
     model.train()
