@@ -164,6 +164,18 @@ def _plain_tokenizer_class(folder: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
+def _loading(name: str, load):
+    """Run a from_pretrained call; a hub id on an offline host becomes a short, actionable message."""
+    try:
+        return load()
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FileNotFoundError(
+            f"cannot load model {name!r}: {first[:300]}. Expected a local checkpoint folder, "
+            "'smollm2-135m-instruct', or a hub id on a host that can reach the hub (HF_HUB_OFFLINE unset)"
+        ) from exc
+
+
 def is_random(resolved_path: str) -> bool:
     return (Path(resolved_path) / RANDOM_MARKER).is_file()
 
@@ -296,7 +308,7 @@ def load_for_training(
     from transformers import AutoModelForCausalLM
 
     resolved = resolve_model(recipe.model.name_or_path)
-    tokenizer = load_tokenizer(resolved, recipe.model.trust_remote_code)
+    tokenizer = _loading(resolved, lambda: load_tokenizer(resolved, recipe.model.trust_remote_code))
 
     use_4bit = False
     if recipe.quantization.mode == "nf4":
@@ -335,7 +347,7 @@ def load_for_training(
             bnb_4bit_compute_dtype=dtype,
         )
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(resolved, **kwargs)
+    model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, **kwargs))
     if not use_4bit:
         model.to(device)
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
@@ -445,9 +457,10 @@ def load_for_eval(model_path: str, adapter: Optional[str] = None, *, device: Opt
 
     device = device or choose_device("auto")
     resolved = resolve_model(model_path)
-    tokenizer = load_tokenizer(resolved)
+    tokenizer = _loading(resolved, lambda: load_tokenizer(resolved))
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype, attn_implementation="sdpa")
+    model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype,
+                                                                            attn_implementation="sdpa"))
     if adapter:
         from peft import PeftModel
 

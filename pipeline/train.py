@@ -124,8 +124,10 @@ def data_paths(recipe: Recipe, *, write_demo: bool = True) -> tuple[Optional[Pat
     return Path(recipe.data.train), (Path(recipe.data.eval) if recipe.data.eval else None)
 
 
-def load_data(recipe: Recipe, dist: Dist = Dist()) -> Data:
+def load_data(recipe: Recipe, dist: Optional[Dist] = None) -> Data:
     from pipeline.data import find_overlap, load_questions
+
+    dist = dist or Dist()
 
     if dist.main:
         train_path, eval_path = data_paths(recipe)
