@@ -27,8 +27,9 @@ PYTHON       ?= .venv/bin/python
 DIST         ?= dist
 
 VCS_REF := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+SOURCE_URL := $(shell git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*@#//#' || true)
 build_arg = $(if $($(1)),--build-arg $(1)=$($(1)))
-BUILD_ARGS = --build-arg VCS_REF=$(VCS_REF) \
+BUILD_ARGS = --build-arg VCS_REF=$(VCS_REF) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) \
 	$(foreach v,ROCM_VERSION TORCH_VERSION GPU_ARCHS MAX_JOBS FLASH_ATTN_REF TORCH_CUDA_ARCH_LIST,$(call build_arg,$(v))) \
 	$(if $(CA_BUNDLE),--secret id=ca_bundle,src=$(CA_BUNDLE)) \
 	$(if $(HF_TOKEN_FILE),--secret id=hf_token,src=$(HF_TOKEN_FILE)) \

@@ -58,12 +58,12 @@ def secrets(tmp_path_factory) -> dict[str, str]:
     return {"marker": marker, "ca": str(ca), "token": str(token)}
 
 
-def buildx(context: Path, base: str, secrets: dict[str, str], tag: str) -> str:
+def buildx(context: Path, base: str, secrets: dict[str, str], tag: str, vcs_ref: str = "ci-test") -> str:
     if not any(TORCH_WHEELS.glob("torch-2.13.0+cpu-*.whl")):
         pytest.skip(f"no torch 2.13.0+cpu wheel in {TORCH_WHEELS} (set CKIT_TORCH_WHEELS)")
     args = ["docker", "buildx", "build", "--network", "host", "--progress", "plain",
             "-f", str(context / "Dockerfile.cpu"), "--target", "app",
-            "--build-arg", f"CPU_BASE={base}", "--build-arg", "VCS_REF=ci-test",
+            "--build-arg", f"CPU_BASE={base}", "--build-arg", f"VCS_REF={vcs_ref}",
             "--build-context", f"torch-wheels={TORCH_WHEELS}",
             "--secret", f"id=ca_bundle,src={secrets['ca']}", "--secret", f"id=hf_token,src={secrets['token']}",
             "--load", "-t", tag, str(context)]
@@ -189,7 +189,8 @@ def test_pipeline_change_rebuilds_only_the_app_code_layers(built, cpu_base, secr
             shutil.copy2(source, context / item)
     with open(context / "pipeline" / "__init__.py", "a") as handle:
         handle.write(f"\n# touched by {__name__} {uuid.uuid4().hex}\n")
-    log = buildx(context, cpu_base, secrets, f"{IMAGE}-touched")
+    # A new commit too: the revision label must not invalidate the dependency layers.
+    log = buildx(context, cpu_base, secrets, f"{IMAGE}-touched", vcs_ref="ci-test-next-commit")
     found = steps(log)
     assert found, log[-3000:]
     rebuilt = [(stage, text) for stage, text, cached in found.values() if not cached]
@@ -206,4 +207,5 @@ def test_pipeline_change_rebuilds_only_the_app_code_layers(built, cpu_base, secr
                            for stage, text in rebuilt if not text.startswith("FROM ")), rebuilt
     touched = docker_client.images.get(f"{IMAGE}-touched")
     assert touched.id != docker_client.images.get(IMAGE).id
+    assert touched.labels["org.opencontainers.image.revision"] == "ci-test-next-commit"
     docker_client.images.remove(f"{IMAGE}-touched")
