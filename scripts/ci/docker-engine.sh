@@ -73,7 +73,12 @@ start_engine() {
         return
     fi
     mkdir -p "$ROOT/run" "$ROOT/data" "$ROOT/exec"
+    # A daemon that died without cleaning up (killed with its session) leaves its socket, pidfile and mounts
+    # under the exec root; a new daemon refuses to start on some of them.
     rm -f "$SOCK" "$PIDFILE"
+    grep -F " $ROOT/exec" /proc/self/mounts | awk '{print $2}' | sort -r | while read -r mountpoint; do
+        umount "$mountpoint" 2>/dev/null || umount -l "$mountpoint" || true
+    done
     log "starting dockerd (log: $LOG)"
     # setsid: the daemon must outlive the shell that started it (CI steps run in separate shells).
     PATH="$ROOT/bin:$PATH" setsid dockerd \
