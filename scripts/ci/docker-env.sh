@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Source me after scripts/ci/docker-engine.sh:   source scripts/ci/docker-env.sh
 # Points the docker CLI (and the docker Python SDK) at the private engine: DOCKER_HOST, DOCKER_CONFIG (where the
 # buildx and compose plugins are), PATH (its docker CLI first).

@@ -46,17 +46,21 @@ compile() {
 names_of() {
     grep -oE '^[A-Za-z0-9_.-]+==' "$1" | sed 's/==$//' | tr 'A-Z_.' 'a-z--'
 }
+# no_emit_args LOCK: fills the array NO_EMIT with --no-emit-package for every package in LOCK.
 no_emit_args() {
     local name
-    for name in $(names_of "$1"); do printf -- '--no-emit-package\n%s\n' "$name"; done
+    NO_EMIT=()
+    while read -r name; do NO_EMIT+=(--no-emit-package "$name"); done < <(names_of "$1")
 }
 
 R=requirements
 # CUDA: torch and everything it pulls (nvidia-*, triton) hash-locked from PyPI.
 compile $R/image-cuda-torch.lock 3.10 $R/image-cuda-torch.in
 # ROCm and CPU: torch's pure-Python dependencies only; torch itself comes from elsewhere (see the .in files).
-compile $R/image-rocm-torch.lock 3.10 $R/image-rocm-torch.in -- \
-    --no-emit-package torch --no-emit-package triton $(grep -oE '^nvidia-[a-z0-9-]+' $R/image-cuda-torch.lock | sed 's/^/--no-emit-package /')
+mapfile -t cuda_only < <(grep -oE '^nvidia-[a-z0-9-]+' $R/image-cuda-torch.lock)
+rocm_no_emit=(--no-emit-package torch --no-emit-package triton)
+for p in "${cuda_only[@]}"; do rocm_no_emit+=(--no-emit-package "$p"); done
+compile $R/image-rocm-torch.lock 3.10 $R/image-rocm-torch.in -- "${rocm_no_emit[@]}"
 # PyPI's torch 2.13.0 metadata pulls CUDA 13 wheels; the +cpu wheel we install needs none of them.
 CPU_CUDA_ONLY=(torch triton cuda-bindings cuda-pathfinder cuda-toolkit nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc
     nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand nvidia-cusolver nvidia-cusparse
@@ -76,15 +80,17 @@ cpu_torch_wheel="${CKIT_TORCH_CPU_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp31
 compile $R/image-build.lock 3.10 $R/image-build.in
 
 # App locks: the torch layer's packages are already installed below the app stage, so leave them out.
+no_emit_args $R/image-cuda-torch.lock
 compile $R/image-cuda.lock 3.10 $R/image-cuda.in $R/image-gpu-app.in -- \
-    --constraint $R/image-cuda-torch.lock $(no_emit_args $R/image-cuda-torch.lock)
+    --constraint $R/image-cuda-torch.lock "${NO_EMIT[@]}"
 # The ROCm app resolves against torch 2.3.1's metadata too (the CUDA torch lock pins it; the +rocm6.0 build has
 # the same Python dependencies, pytorch-triton-rocm aside), else the resolver would pick today's torch.
 compile $R/image-rocm.lock 3.10 $R/image-rocm.in $R/image-gpu-app.in -- \
-    --constraint $R/image-cuda-torch.lock $(no_emit_args $R/image-cuda-torch.lock)
+    --constraint $R/image-cuda-torch.lock "${NO_EMIT[@]}"
 cpu_constraints="$(mktemp)"
 grep -oE '^[A-Za-z0-9_.-]+==[^ ]+' $R/image-cpu-torch.lock | grep -v '^torch==' > "$cpu_constraints"
 echo "torch==2.13.0" >> "$cpu_constraints"
+no_emit_args $R/image-cpu-torch.lock
 compile $R/image-cpu.lock 3.11 $R/image-cpu.in -- \
-    --constraint "$cpu_constraints" $(no_emit_args $R/image-cpu-torch.lock) "${cpu_no_emit[@]}"
+    --constraint "$cpu_constraints" "${NO_EMIT[@]}" "${cpu_no_emit[@]}"
 rm -f "$cpu_constraints"
