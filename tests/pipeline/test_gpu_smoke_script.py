@@ -30,7 +30,8 @@ def test_scaled_down_smoke_run_reports_random_weights(tmp_path, monkeypatch, cap
     assert report["recipe"]["lora"]["r"] == 64 and report["recipe"]["lora"]["alpha"] == 128
     assert report["model"]["gradient_checkpointing"] is True
     if not torch.cuda.is_available():
-        assert report["quantization_path"] == "fp32-fallback" and "CPU" in report["model"]["quantization_reason"]
+        # The seed recipe's model.dtype is bfloat16, so the unquantized fallback base is bf16 too.
+        assert report["quantization_path"] == "bf16-fallback" and "CPU" in report["model"]["quantization_reason"]
     # Full-length sequences: every training example reaches data.max_length (128 at the scaled-down shape).
     assert report["data"]["examples_at_max_length"] == report["data"]["train_rows"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
