@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.dockerfiles import ROOT
+from .dockerfiles import ROOT
 
 pytest.importorskip("torch")
 from checks.build_info import load_build_info  # noqa: E402

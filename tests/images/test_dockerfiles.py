@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.images.dockerfiles import (
+from .dockerfiles import (
     DOCKERFILES,
     PLACEHOLDER_DIGEST,
     ROOT,

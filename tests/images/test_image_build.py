@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.dockerfiles import ROOT
+from .dockerfiles import ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.conftest import compose_available
-from tests.images.dockerfiles import DOCKERFILES, ROOT
+from .engine import compose_available
+from .dockerfiles import DOCKERFILES, ROOT
 
 
 def hadolint() -> str:

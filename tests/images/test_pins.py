@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images.dockerfiles import DOCKERFILES, ROOT, global_args, instructions
+from .dockerfiles import DOCKERFILES, ROOT, global_args, instructions
 
 REQ = ROOT / "requirements"
 PIN = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", re.M)
