@@ -275,9 +275,9 @@ def four_bit_support(recipe: Recipe, device: torch.device) -> Optional[str]:
         return "bitsandbytes is not installed"
     if device.type == "cpu" and not recipe.quantization.allow_cpu:
         return (
-            "the device is a CPU: bitsandbytes' CPU 4-bit layers run, but their backward has no autograd kernel "
-            "(gemv_4bit), so LoRA adapters on SmolLM2-135M got zero gradient; set quantization.allow_cpu=true to try "
-            "anyway (the adapter-gradient guard still checks)"
+            "the device is a CPU: bitsandbytes' CPU 4-bit layers are slow there and an earlier test saw LoRA "
+            "adapters on them get zero gradient ('gemv_4bit has no autograd kernel'); set quantization.allow_cpu=true "
+            "to try anyway (the adapter-gradient guard still checks)"
         )
     try:
         # A real round trip on the device: catches a bitsandbytes build without a backend for this GPU (e.g. a
