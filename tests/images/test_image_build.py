@@ -165,6 +165,22 @@ def test_compose_finetune_then_evaluate_on_the_embedded_default(built, folders):
     assert any(folders["cache"].rglob("*.safetensors")), "no converted model in the cache folder"
 
 
+def test_finetune_runs_with_no_network_at_all(docker_client, built, folders, tmp_path):
+    # compose's default for the jobs is network_mode: none (patient data); CI's override uses the host network
+    # only because compose would otherwise create one. Here the container gets no network interface but
+    # loopback, through the SDK, and still fine-tunes (model from the image, cache from the mount).
+    out = tmp_path / "runs"
+    out.mkdir()
+    out.chmod(0o777)
+    logs = docker_client.containers.run(
+        IMAGE, ["python", "-m", "pipeline", "finetune", "--recipe", "recipes/demo-cpu.yaml", "--plain",
+                "train.steps=1", "eval.limit=4", "eval.before_training=false", "train.output_dir=runs/offline"],
+        network_mode="none", user=f"{JOB_UID}:{JOB_GID}", remove=True, stdout=True, stderr=True,
+        volumes={str(out): {"bind": "/opt/kit/runs", "mode": "rw"},
+                 str(folders["cache"]): {"bind": "/cache", "mode": "rw"}})
+    assert (out / "offline" / "adapter" / "adapter_config.json").is_file(), logs.decode()[-3000:]
+
+
 STEP = re.compile(r"^#(\d+) \[(?:(\w[\w-]*) )?(\d+)/(\d+)\] (.*)$", re.M)
 
 
