@@ -53,7 +53,10 @@ def compose_config(vendor: str, *files: str, extra_env: dict[str, str] | None = 
 @needs_compose
 @pytest.mark.parametrize("vendor", ["cpu", "rocm", "cuda"])
 def test_compose_config_for_every_vendor(vendor):
-    services = compose_config(vendor)["services"]
+    config = compose_config(vendor)
+    # No project network at all: compose creates none, and the jobs get no network interface but loopback.
+    assert "networks" not in config and all("networks" not in s for s in config["services"].values())
+    services = config["services"]
     assert set(services) == {"finetune", "evaluate", "check", "shell"}
     for name, service in services.items():
         assert service["image"].endswith(f"-{vendor}"), (name, service["image"])
