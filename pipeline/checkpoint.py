@@ -117,7 +117,9 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer,
     result = set_peft_model_state_dict(model, state_dict)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
-        raise ValueError(f"{weights}: adapter has weights this model lacks ({unexpected[:3]}): different lora settings?")
+        raise ValueError(
+            f"{weights}: adapter has weights this model lacks ({unexpected[:3]}); expected the same lora settings"
+        )
     # weights_only: the file holds only tensors and plain containers; never unpickle arbitrary objects.
     training = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(training["optimizer"])

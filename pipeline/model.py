@@ -338,7 +338,9 @@ def load_for_training(
         path_name = f"{_SHORT[dtype]}-fallback" if recipe.quantization.mode == "nf4" else f"none-{_SHORT[dtype]}"
 
     attention, attention_reason = choose_attention(recipe.model.attention, device, dtype)
-    kwargs: dict[str, Any] = dict(dtype=dtype, attn_implementation=attention, trust_remote_code=recipe.model.trust_remote_code)
+    kwargs: dict[str, Any] = dict(
+        dtype=dtype, attn_implementation=attention, trust_remote_code=recipe.model.trust_remote_code
+    )
     if use_4bit:
         from transformers import BitsAndBytesConfig
 
@@ -360,7 +362,9 @@ def load_for_training(
     gc_kwargs = {"use_reentrant": False}
     if use_4bit:
         # Casts norms/embeddings to fp32 for stable training and enables checkpointing (only if asked).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs
+        )
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     if gc:
@@ -467,7 +471,9 @@ def load_for_eval(model_path: str, adapter: Optional[str] = None, *, device: Opt
         from peft import PeftModel
 
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"adapter folder {adapter} has no adapter_config.json: expected a peft LoRA adapter")
+            raise FileNotFoundError(
+                f"adapter folder {adapter} has no adapter_config.json: expected a peft LoRA adapter"
+            )
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.to(device)
     model.eval()

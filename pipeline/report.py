@@ -131,7 +131,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     dev = env.get("device", {})
     train = report.get("training", {})
     libs = env.get("libraries", {})
-    gpu = f"{dev.get('gpu_name')} ({dev.get('gpu_arch')})" if dev.get("gpu_name") else f"CPU ({dev.get('cpu_count')} cores)"
+    if dev.get("gpu_name"):
+        gpu = f"{dev.get('gpu_name')} ({dev.get('gpu_arch')})"
+    else:
+        gpu = f"CPU ({dev.get('cpu_count')} cores)"
     backend = dev.get("backend")
     backend_version = dev.get("hip_version") or dev.get("cuda_version") or "-"
     lines = [

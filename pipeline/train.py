@@ -32,7 +32,6 @@ from pipeline import report as rep
 from pipeline.config import Recipe, RecipeError
 from pipeline.model import (
     AdapterGradientError,
-    ModelInfo,
     UnsupportedError,
     adapters_without_gradient,
     choose_device,
@@ -321,7 +320,8 @@ def finetune(
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_module = DistributedDataParallel(train_module, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_module = DistributedDataParallel(train_module, device_ids=device_ids)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -519,4 +519,4 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-__all__ = ["finetune", "load_data", "data_paths", "AnswerLoss", "ModelInfo"]
+__all__ = ["finetune", "load_data", "data_paths", "AnswerLoss"]

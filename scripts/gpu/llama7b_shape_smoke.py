@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-SCALED_DOWN = "random:llama2-7b:hidden_size=64,intermediate_size=172,num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=4"
+SCALED_DOWN = ("random:llama2-7b:hidden_size=64,intermediate_size=172,num_hidden_layers=2,num_attention_heads=4,"
+               "num_key_value_heads=4")
 
 _FILLER = [
     "The patient reports intermittent chest discomfort on exertion relieved by rest.",

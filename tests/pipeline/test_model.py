@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline import model as model_mod
 from pipeline import train as train_mod
-from pipeline.config import load_recipe
 from pipeline.model import (
     AdapterGradientError,
     UnsupportedError,
