@@ -158,14 +158,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_for(name_or_path: str, trust_remote_code: bool):
-    from pipeline.model import RANDOM_PREFIX, load_tokenizer, resolve_model
+    from pipeline.model import RANDOM_PREFIX, _loading, load_tokenizer, resolve_model
 
     if name_or_path.startswith(RANDOM_PREFIX):
         # The random-weight smoke models use the small local tokenizer; no need to build 7 B weights to count tokens.
         from pipeline.tiny import train_tokenizer
 
         return train_tokenizer(512)
-    return load_tokenizer(resolve_model(name_or_path), trust_remote_code)
+    resolved = resolve_model(name_or_path)
+    return _loading(resolved, lambda: load_tokenizer(resolved, trust_remote_code))
 
 
 def _length_stats(lengths: list[int], max_length: int) -> dict:

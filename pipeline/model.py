@@ -166,14 +166,14 @@ def _plain_tokenizer_class(folder: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
-def _loading(name: str, load):
+def _loading(name: str, load: Any) -> Any:
     """Run a from_pretrained call; a hub id on an offline host becomes a short, actionable message."""
     try:
         return load()
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FileNotFoundError(
-            f"cannot load model {name!r}: {first[:300]}. Expected a local checkpoint folder, "
+            f"cannot load model {name!r}: {first[:300].rstrip('.')}. Expected a local checkpoint folder, "
             "'smollm2-135m-instruct', or a hub id on a host that can reach the hub (HF_HUB_OFFLINE unset)"
         ) from exc
 

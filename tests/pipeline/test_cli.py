@@ -114,6 +114,14 @@ def test_evaluate_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir, cap
     assert code == 2 and "adapter_config.json" in capsys.readouterr().err
 
 
+def test_unreachable_hub_id_is_a_short_error(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    recipe = _recipe(tmp_path, tiny_model_dir)
+    assert main(["prepare", "--recipe", str(recipe), "model.name_or_path=example-org/no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model 'example-org/no-such-model'" in err and "Traceback" not in err
+
+
 def test_module_entry_point_exits_2_without_traceback(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("lora: {rank: 8}\n")
