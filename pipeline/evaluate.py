@@ -26,6 +26,7 @@ The model is evaluated in its own dtype; log-softmax is taken in float32.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -183,9 +184,34 @@ def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[li
     returned = _returned_cache(out)
     if returned is None or not hasattr(returned[1], "batch_select_indices"):
         return None
-    cache_name, cache = returned
+    cache_name, prompt_cache = returned
     rows = [(b, c) for b, item in enumerate(batch) for c, choice in enumerate(item.choices) if len(choice) > 1]
-    cache.batch_select_indices(torch.tensor([b for b, _ in rows], device=device))
+    # Rows sorted by length and run in chunks of len(batch): one chunk of every row would pad each to the longest
+    # choice of the batch (measured on MedQA: 3.6x the real choice tokens). Each chunk gathers its rows from its
+    # own copy of the prompt cache (the gather replaces the cache's tensors, so the last chunk may use the original).
+    rows.sort(key=lambda row: -len(batch[row[0]].choices[row[1]]))
+    chunks = [rows[i:i + len(batch)] for i in range(0, len(rows), len(batch))]
+    for number, chunk in enumerate(chunks):
+        cache = prompt_cache if number == len(chunks) - 1 else copy.deepcopy(prompt_cache)
+        logprobs = _score_choice_rest(model, batch, chunk, attention_mask, cache, cache_name, pad_id, device)
+        for r, (b, c) in enumerate(chunk):
+            scores[b][c] += float(logprobs[r])
+    return scores
+
+
+def _score_choice_rest(
+    model: Any,
+    batch: list[_Item],
+    rows: list[tuple[int, int]],
+    prompt_mask: torch.Tensor,
+    cache: Any,
+    cache_name: str,
+    pad_id: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Summed log-probabilities of the 2nd..last tokens of the given (question, choice) rows, from the prompt cache."""
+    gather = torch.tensor([b for b, _ in rows])
+    cache.batch_select_indices(gather.to(device))
     rest = max(len(batch[b].choices[c]) - 1 for b, c in rows)
     ids = torch.full((len(rows), rest), pad_id, dtype=torch.long)
     targets = torch.zeros((len(rows), rest), dtype=torch.long)
@@ -199,18 +225,14 @@ def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[li
         choice_mask[r, :n] = 1
         # Continue from the prompt's own end, not from the padded width: positions match the unpadded sequence.
         position_ids[r] = torch.arange(len(batch[b].context), len(batch[b].context) + rest)
-    gather = torch.tensor([b for b, _ in rows])
     out = model(
         input_ids=ids.to(device),
-        attention_mask=torch.cat([attention_mask[gather], choice_mask], dim=1).to(device),
+        attention_mask=torch.cat([prompt_mask[gather], choice_mask], dim=1).to(device),
         position_ids=position_ids.to(device),
         use_cache=True,
         **{cache_name: cache},
     )
-    logprobs = (_choice_logprobs(out.logits, targets.to(out.logits.device)).cpu() * choice_mask).sum(dim=1)
-    for r, (b, c) in enumerate(rows):
-        scores[b][c] += float(logprobs[r])
-    return scores
+    return (_choice_logprobs(out.logits, targets.to(out.logits.device)).cpu() * choice_mask).sum(dim=1)
 
 
 def _returned_cache(out: Any) -> tuple[str, Any] | None:
