@@ -26,13 +26,14 @@ DOCKER       ?= docker
 PYTHON       ?= .venv/bin/python
 DIST         ?= dist
 
+comma := ,
 VCS_REF := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 SOURCE_URL := $(shell git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*@#//#' || true)
 build_arg = $(if $($(1)),--build-arg $(1)=$($(1)))
 BUILD_ARGS = --build-arg VCS_REF=$(VCS_REF) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) \
 	$(foreach v,ROCM_VERSION TORCH_VERSION GPU_ARCHS MAX_JOBS FLASH_ATTN_REF TORCH_CUDA_ARCH_LIST,$(call build_arg,$(v))) \
-	$(if $(CA_BUNDLE),--secret id=ca_bundle,src=$(CA_BUNDLE)) \
-	$(if $(HF_TOKEN_FILE),--secret id=hf_token,src=$(HF_TOKEN_FILE)) \
+	$(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) \
+	$(if $(HF_TOKEN_FILE),--secret id=hf_token$(comma)src=$(HF_TOKEN_FILE)) \
 	$(BUILD_FLAGS)
 WHEELS_CONTEXT = $(if $(WHEELS),--build-context wheels=$(abspath $(WHEELS)))
 # The digest placeholder in Dockerfile.rocm (all zeros): refused until a real digest is filled in.
@@ -65,7 +66,7 @@ image-cuda: ## build the CUDA image (WHEELS=dist/wheels-cuda reuses an exported 
 
 image-cpu: ## build the CPU image (CI, GPU-less machines)
 	$(DOCKER) buildx build -f Dockerfile.cpu --target app $(BUILD_ARGS) $(call build_arg,CPU_BASE) \
-		$(if $(TORCH_WHEELS),--build-context torch-wheels=$(abspath $(TORCH_WHEELS))) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-cpu .
+		$(if $(TORCH_WHEELS),--build-context torch-wheels=$(abspath $(TORCH_WHEELS)) --build-arg TORCH_INDEX_URL=) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-cpu .
 
 wheels-rocm: ## compile FlashAttention (CK) + bitsandbytes (HIP) once, export the wheels to dist/wheels-rocm
 	@case "$(ROCM_BASE_EFFECTIVE)" in *sha256:0000000000000000000000000000000000000000000000000000000000000000*) \

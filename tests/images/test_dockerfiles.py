@@ -144,3 +144,15 @@ def test_labels_and_non_root_user(vendor):
         assert label in app
     users = [i.args for i in instructions(TEXT[vendor]) if i.keyword == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0")
+
+
+def test_make_passes_ca_bundle_and_token_as_buildkit_secrets():
+    result = subprocess.run(["make", "-s", "image-cpu", "DOCKER=echo", "CA_BUNDLE=/etc/ca.pem",
+                             "HF_TOKEN_FILE=/run/token", "TORCH_WHEELS=/opt/wheels", "CPU_BASE=local/base:1"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    assert "id=ca_bundle,src=/etc/ca.pem" in words and "id=hf_token,src=/run/token" in words
+    assert words[words.index("id=ca_bundle,src=/etc/ca.pem") - 1] == "--secret"
+    assert "--build-arg" in words and "CPU_BASE=local/base:1" in words
+    assert "torch-wheels=/opt/wheels" in words and "TORCH_INDEX_URL=" in words

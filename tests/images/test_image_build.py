@@ -27,10 +27,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 TAG = "ci"
 IMAGE = f"clinical-finetune-kit:{TAG}-cpu"
+TOUCHED = f"clinical-finetune-kit:{TAG}-touched-cpu"
 TORCH_WHEELS = Path(os.environ.get("CKIT_TORCH_WHEELS", "/opt/wheels"))
 SYSTEM_CA = Path(os.environ.get("CKIT_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
 # What the build context holds (.dockerignore's allow-list), for copying it to a scratch folder.
-CONTEXT_ITEMS = ["Dockerfile.cpu", ".dockerignore", "docker", "requirements", "pyproject.toml", "recipes", "checks",
+CONTEXT_ITEMS = ["Makefile", "Dockerfile.cpu", ".dockerignore", "docker", "requirements", "pyproject.toml", "recipes", "checks",
                  "pipeline"]
 
 
@@ -59,16 +60,17 @@ def secrets(tmp_path_factory) -> dict[str, str]:
 
 
 def buildx(context: Path, base: str, secrets: dict[str, str], tag: str, vcs_ref: str = "ci-test") -> str:
+    """Build the CPU image's app stage in `context` through `make image-cpu` (what users run), on the local base,
+    with the torch wheel folder and both secrets; return BuildKit's plain progress log."""
     if not any(TORCH_WHEELS.glob("torch-2.13.0+cpu-*.whl")):
         pytest.skip(f"no torch 2.13.0+cpu wheel in {TORCH_WHEELS} (set CKIT_TORCH_WHEELS)")
-    args = ["docker", "buildx", "build", "--network", "host", "--progress", "plain",
-            "-f", str(context / "Dockerfile.cpu"), "--target", "app",
-            "--build-arg", f"CPU_BASE={base}", "--build-arg", f"VCS_REF={vcs_ref}",
-            "--build-context", f"torch-wheels={TORCH_WHEELS}",
-            "--secret", f"id=ca_bundle,src={secrets['ca']}", "--secret", f"id=hf_token,src={secrets['token']}",
-            "--load", "-t", tag, str(context)]
+    name, _, version = tag.rpartition(":")
+    assert name == "clinical-finetune-kit" and version.endswith("-cpu"), tag
+    args = ["make", "-s", "-C", str(context), "image-cpu", f"TAG={version[:-len('-cpu')]}", f"CPU_BASE={base}",
+            f"TORCH_WHEELS={TORCH_WHEELS}", f"CA_BUNDLE={secrets['ca']}", f"HF_TOKEN_FILE={secrets['token']}",
+            f"VCS_REF={vcs_ref}", "BUILD_FLAGS=--network host --progress plain"]
     result = run(args, timeout=1800)
-    assert result.returncode == 0, result.stderr[-5000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
     return result.stderr  # buildx writes its progress to stderr
 
 
@@ -206,7 +208,7 @@ def test_pipeline_change_rebuilds_only_the_app_code_layers(built, cpu_base, secr
     with open(context / "pipeline" / "__init__.py", "a") as handle:
         handle.write(f"\n# touched by {__name__} {uuid.uuid4().hex}\n")
     # A new commit too: the revision label must not invalidate the dependency layers.
-    log = buildx(context, cpu_base, secrets, f"{IMAGE}-touched", vcs_ref="ci-test-next-commit")
+    log = buildx(context, cpu_base, secrets, TOUCHED, vcs_ref="ci-test-next-commit")
     found = steps(log)
     assert found, log[-3000:]
     rebuilt = [(stage, text) for stage, text, cached in found.values() if not cached]
@@ -221,10 +223,10 @@ def test_pipeline_change_rebuilds_only_the_app_code_layers(built, cpu_base, secr
     # ... and the pipeline's own layer was rebuilt.
     assert rebuilt and all(stage == "app" and "COPY pipeline/" in text
                            for stage, text in rebuilt if not text.startswith("FROM ")), rebuilt
-    touched = docker_client.images.get(f"{IMAGE}-touched")
+    touched = docker_client.images.get(TOUCHED)
     assert touched.id != docker_client.images.get(IMAGE).id
     assert touched.labels["org.opencontainers.image.revision"] == "ci-test-next-commit"
-    docker_client.images.remove(f"{IMAGE}-touched")
+    docker_client.images.remove(TOUCHED)
 
 
 def test_make_save_and_load_round_trip(docker_client, cpu_base, tmp_path):
