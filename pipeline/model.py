@@ -306,7 +306,7 @@ def load_for_training(
     ``force_fallback`` (a reason) skips 4-bit: train.py passes it when the adapter-gradient guard found adapters
     without gradient on the 4-bit path and the recipe allows falling back.
     """
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     resolved = resolve_model(recipe.model.name_or_path)
@@ -360,12 +360,12 @@ def load_for_training(
     # use_reentrant=False: the reentrant variant needs inputs that require grad and silently drops gradients of
     # frozen-input segments; the non-reentrant one is torch's recommended default and works with DDP.
     gc_kwargs = {"use_reentrant": False}
-    if use_4bit:
-        # Casts norms/embeddings to fp32 for stable training and enables checkpointing (only if asked).
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs=gc_kwargs
-        )
-    elif gc:
+    # No peft.prepare_model_for_kbit_training on the 4-bit path: it casts every non-4-bit weight (norms, embeddings,
+    # lm_head) to fp32, and fp32 norm weights turn the whole residual stream fp32 (a bf16 activation times an fp32
+    # weight is fp32; autocast does not cover elementwise ops). Measured on an H200 with a LLaMA-2-7B shape, batch
+    # 8 x 1024 (docs/pipeline.md): peak 30.7 GiB with it, more than bf16 LoRA's 26.2 GiB. The base is frozen by
+    # get_peft_model below; checkpointing and input gradients are all we need from it.
+    if gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     if gc:
         model.enable_input_require_grads()
