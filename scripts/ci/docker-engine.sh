@@ -76,7 +76,7 @@ start_engine() {
     # A daemon that died without cleaning up (killed with its session) leaves its socket, pidfile and mounts
     # under the exec root; a new daemon refuses to start on some of them.
     rm -f "$SOCK" "$PIDFILE"
-    grep -F " $ROOT/exec" /proc/self/mounts | awk '{print $2}' | sort -r | while read -r mountpoint; do
+    { grep -F " $ROOT/exec" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r mountpoint; do
         umount "$mountpoint" 2>/dev/null || umount -l "$mountpoint" || true
     done
     log "starting dockerd (log: $LOG)"

@@ -22,7 +22,7 @@ if [[ -f "$PIDFILE" ]]; then
     rm -f "$PIDFILE"
 fi
 # Deepest first, so nested mounts come off before their parents.
-grep -F " $ROOT/" /proc/self/mounts | awk '{print $2}' | sort -r | while read -r mountpoint; do
+{ grep -F " $ROOT/" /proc/self/mounts || true; } | awk '{print $2}' | sort -r | while read -r mountpoint; do
     umount "$mountpoint" 2>/dev/null || umount -l "$mountpoint" || true
 done
 echo "docker-stop: engine under $ROOT stopped" >&2
