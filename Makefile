@@ -17,6 +17,8 @@ CPU_BASE     ?=
 TORCH_WHEELS ?=
 # A folder of wheels exported by `make wheels-<vendor>`: the image build reuses them instead of compiling.
 WHEELS       ?=
+# Extra pyinfra flags for `make provision`, e.g. PROVISION_ARGS="--dry --sudo --limit node1".
+PROVISION_ARGS ?=
 # Extra CA certificates (TLS-inspecting proxy) and a hub token file, passed as BuildKit secrets (never in layers).
 CA_BUNDLE    ?=
 HF_TOKEN_FILE ?=
@@ -105,8 +107,9 @@ check: env ## docker compose run check: is this machine and image fit to train?
 shell: env ## a shell in the image, same mounts and devices as the jobs
 	$(COMPOSE) run --rm shell
 
-provision: ## provision GPU hosts with pyinfra (provision/inventory.py, provision/deploy.py)
-	.venv/bin/pyinfra provision/inventory.py provision/deploy.py
+provision: ## provision GPU hosts with pyinfra (PROVISION_ARGS="--dry" shows the plan; docs/provisioning.md)
+	bash scripts/bootstrap.sh
+	.venv/bin/pyinfra provision/inventory.py provision/deploy.py --data kit_image_name=$(REGISTRY)clinical-finetune-kit $(PROVISION_ARGS)
 
 demo: ## the embedded demo on this machine's CPU: creates .venv when missing
 	bash scripts/demo.sh

@@ -15,4 +15,4 @@ amdgpu_driver_packages = ["amdgpu-dkms"]
 rocm_packages = ["rocm-hip-runtime", "rocminfo", "rocm-smi-lib"]
 
 expected_gpu_archs = ["gfx90a"]
-kit_image_tag = "rocm"
+kit_image_tag = "latest-rocm"  # the Makefile builds clinical-finetune-kit:$(TAG)-rocm, TAG latest by default

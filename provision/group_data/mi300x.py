@@ -15,7 +15,7 @@ amdgpu_driver_packages = ["amdgpu-dkms"]
 rocm_packages = ["rocm-hip-runtime", "rocminfo", "rocm-smi-lib"]
 
 expected_gpu_archs = ["gfx942"]
-kit_image_tag = "rocm"
+kit_image_tag = "latest-rocm"  # the Makefile builds clinical-finetune-kit:$(TAG)-rocm, TAG latest by default
 
 # --- Opt-in system tuning from AMD's MI300X system optimization guide (ROCm 6.1 docs) -----------------------------
 # Nothing below is applied until set here or per host. Kernel arguments and cpupower need a reboot / systemd, so

@@ -21,4 +21,4 @@ container_toolkit_packages = ["nvidia-container-toolkit"]
 
 # Compute capabilities that may appear, e.g. ["8.0"] (A100) or ["9.0"] (H100/H200); empty accepts any.
 expected_gpu_archs = []
-kit_image_tag = "cuda"
+kit_image_tag = "latest-cuda"  # the Makefile builds clinical-finetune-kit:$(TAG)-cuda, TAG latest by default

@@ -234,7 +234,7 @@ def test_rocm_checks_run_with_the_hosts_render_gid_and_pass_quietly():
     [checks] = [command for command in run.commands if "docker run" in command]
     assert "--device /dev/kfd --device /dev/dri --group-add video --group-add 109" in checks
     assert "--security-opt seccomp=unconfined --ipc host" in checks and "--pull never" in checks
-    assert "clinical-finetune-kit:rocm python -m checks --json" in checks
+    assert "clinical-finetune-kit:latest-rocm python -m checks --json" in checks
     assert not run.ran("docker pull")  # already present
     assert not run.ran("checks failed")
 
@@ -246,10 +246,10 @@ def test_failed_checks_fail_the_host_with_their_output():
         data={"verify_gpus": False},
         responses={"docker run": ["torch_gpu: FAIL no device", f"{EXIT_MARKER}1"]},
     )
-    assert run.ran("docker pull clinical-finetune-kit:cuda")
+    assert run.ran("docker pull clinical-finetune-kit:latest-cuda")
     [checks] = [command for command in run.commands if "docker run" in command]
     assert "--gpus all --ipc host" in checks
-    assert run.ran("checks failed in clinical-finetune-kit:cuda (exit 1)") and run.ran("torch_gpu: FAIL no device")
+    assert run.ran("checks failed in clinical-finetune-kit:latest-cuda (exit 1)") and run.ran("torch_gpu: FAIL no device")
 
 
 def test_air_gapped_image_is_uploaded_and_loaded_instead_of_pulled(tmp_path):
