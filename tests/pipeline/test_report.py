@@ -9,7 +9,7 @@ import torch
 
 from pipeline.report import redact
 from pipeline.train import finetune
-from recipe_helpers import tiny_recipe
+from .recipe_helpers import tiny_recipe
 
 
 def test_report_contents(tiny_model_dir, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from pipeline import train as train_mod
 from pipeline.model import UnsupportedError, load_for_training, lora_parameters
 from pipeline.train import AnswerLoss, finetune
-from recipe_helpers import tiny_recipe, write_questions
+from .recipe_helpers import tiny_recipe, write_questions
 
 
 def test_lora_run_loss_falls(tiny_model_dir, tmp_path):

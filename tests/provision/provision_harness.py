@@ -15,8 +15,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the provision package
 
-import chroot_root  # noqa: E402
-import fake_repo  # noqa: E402
+from . import chroot_root  # noqa: E402
+from . import fake_repo  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYINFRA = Path(sys.executable).with_name("pyinfra")

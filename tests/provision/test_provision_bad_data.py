@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from provision_harness import PYINFRA, run_pyinfra, write_hosts_file
+from .provision_harness import PYINFRA, run_pyinfra, write_hosts_file
 
 pytestmark = pytest.mark.skipif(not PYINFRA.exists(), reason=f"pyinfra is not installed at {PYINFRA}")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from provision_harness import (
+from .provision_harness import (
     GPU_USER,
     Totals,
     amd_host_data,
@@ -25,7 +25,7 @@ from provision_harness import (
     write_hosts_file,
 )
 
-import fake_repo
+from . import fake_repo
 
 pytestmark = [pytest.mark.chroot, pytest.mark.slow]
 

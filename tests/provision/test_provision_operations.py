@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from pyinfra.api.operation import OperationMeta
 
-from fakehost import run_deploy
+from .fakehost import run_deploy
 from provision.deploys.docker import docker_engine
 from provision.deploys.nvidia import nvidia_container_toolkit
 from provision.deploys.tuning import CPUIDLE_UNIT, GRUB_DROP_IN, SYSCTL_FILE, mi300x_tuning
