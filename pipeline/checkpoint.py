@@ -10,16 +10,16 @@ mid-write leaves only a ``.tmp-*`` folder, which ``latest_checkpoint`` ignores (
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+
+from pipeline import atomic
 
 COMPLETE = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -82,8 +82,8 @@ def save_checkpoint(
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in output_dir.glob(".tmp-checkpoint-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=output_dir))
-    try:
+    final = output_dir / f"checkpoint-{step}"
+    with atomic.folder(final, prefix=f".tmp-checkpoint-{step}-") as tmp:
         model.save_pretrained(tmp / "adapter")
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
@@ -93,13 +93,6 @@ def save_checkpoint(
             json.dumps({"step": step, "batcher": batcher_state, "history": history}, indent=1)
         )
         (tmp / COMPLETE).write_text(f"{step}\n")
-        final = output_dir / f"checkpoint-{step}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep > 0:
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

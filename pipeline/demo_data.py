@@ -22,11 +22,11 @@ The facts are simplified textbook associations for a software demo, not clinical
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from pipeline import atomic
 
 # Class names are the answer options; every class has at least three drugs so two stay for training.
 DRUG_CLASSES: dict[str, list[str]] = {
@@ -187,13 +187,6 @@ def write_demo_data(out_dir: Path, seed: int = 0) -> tuple[Path, Path]:
     paths = []
     for name, rows in (("train.jsonl", train_rows), ("test.jsonl", test_rows)):
         path = out_dir / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         paths.append(path)
     return paths[0], paths[1]

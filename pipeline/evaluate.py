@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
+from pipeline import atomic
 from pipeline.data import Question
 from pipeline.prompts import bos_prefix, continuations, encode_pair, format_prompt
 
@@ -333,18 +332,7 @@ def write_eval(result: EvalResult, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
-    _write_atomic(out_dir / "predictions.jsonl", lines)
-    _write_atomic(out_dir / "metrics.json", json.dumps(result.metrics, indent=2, ensure_ascii=False) + "\n")
+    atomic.write_text(out_dir / "predictions.jsonl", lines)
+    atomic.write_text(out_dir / "metrics.json", json.dumps(result.metrics, indent=2, ensure_ascii=False) + "\n")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,15 +16,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from pipeline import smollm2
+from pipeline import atomic, smollm2
 from pipeline.config import Recipe
 
 RANDOM_PREFIX = "random:"
@@ -137,21 +135,13 @@ def build_random_model(spec: str, seed: int = 0) -> Path:
             model = LlamaForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with atomic.folder(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _plain_tokenizer_class(tmp)
         (tmp / RANDOM_MARKER).write_text(
             f"RANDOM weights in the shape {spec} (seed {seed}); for memory/throughput smoke runs only.\n"
         )
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     del model
     if device == "cuda":
         torch.cuda.empty_cache()  # hand the 13.5 GB back before the 4-bit load needs it

@@ -16,11 +16,12 @@ import platform
 import re
 import resource
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from pipeline import atomic
 
 # Device-selection variables worth recording (they change which GPU ran); nothing else from the environment.
 _ENV_ALLOWLIST = (
@@ -98,22 +99,13 @@ def redact(text: str, environ: Optional[dict[str, str]] = None) -> str:
     return text
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(output_dir / "report.json", redact(json.dumps(report, indent=2, sort_keys=False, default=str)) + "\n")
-    _write_atomic(output_dir / "report.md", redact(render_markdown(report)))
+    atomic.write_text(output_dir / "report.json", redact(json.dumps(report, indent=2, sort_keys=False, default=str)) + "\n")
+    atomic.write_text(output_dir / "report.md", redact(render_markdown(report)))
 
 
 def _acc(metrics: Optional[dict[str, Any]]) -> str:
@@ -148,7 +140,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Attention: **{model.get('attention')}** — {model.get('attention_reason')}",
         f"- Gradient checkpointing: {model.get('gradient_checkpointing')}; precision {train.get('precision')}",
         f"- Device: {gpu}, backend {backend} {backend_version}, world size {train.get('world_size', 1)}",
-        f"- Libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if v),
+        "- Libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if v),
         "",
         "| steps | wall time (s) | tokens/s | peak memory | final loss |",
         "|---|---|---|---|---|",

@@ -17,7 +17,6 @@ import datetime as _dt
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import atomic
 from pipeline import checkpoint as ckpt
 from pipeline import report as rep
 from pipeline.config import Recipe, RecipeError
@@ -35,8 +35,8 @@ from pipeline.model import (
     UnsupportedError,
     adapters_without_gradient,
     choose_device,
-    lora_parameters,
     load_for_training,
+    lora_parameters,
     resolve_model,
 )
 from pipeline.progress import Progress
@@ -499,16 +499,8 @@ def _evaluate(model, tokenizer, data: Data, kwargs: dict, out_dir: Path, progres
 
 
 def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
+    with atomic.folder(dest) as tmp:
         model.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _free(device: torch.device) -> None:
