@@ -148,6 +148,13 @@ def build_random_model(spec: str, seed: int = 0) -> Path:
     return dest
 
 
+def _checkpointing_active(model: Any) -> bool:
+    # transformers 5.x renamed the flag (the old name warns and goes in v6); 4.57 has only the old one.
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else (
+        "is_gradient_checkpointing")
+    return bool(getattr(model, name, False))
+
+
 def _plain_tokenizer_class(folder: Path) -> None:
     # transformers 5.x records "TokenizersBackend", which 4.57's AutoTokenizer cannot load.
     path = folder / "tokenizer_config.json"
@@ -387,7 +394,7 @@ def load_for_training(
         quantization_reason=quant_reason,
         attention=attention,
         attention_reason=attention_reason,
-        gradient_checkpointing=bool(getattr(model.get_base_model(), "is_gradient_checkpointing", False)),
+        gradient_checkpointing=_checkpointing_active(model.get_base_model()),
         total_params=total,
         trainable_params=trainable,
         lora_modules=sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in lora_parameters(model)}),
