@@ -118,9 +118,9 @@ test: ## the test suite in .venv (created from requirements/dev.txt when missing
 	bash scripts/bootstrap.sh
 	$(PYTHON) -m pytest $(ARGS)
 
-test-compat: ## the pipeline tests on the images' stack (torch 2.3.1, Python 3.10) in .venv-torch23
+test-compat: ## the pipeline and checks tests on the images' stack (torch 2.3.1, Python 3.10) in .venv-torch23
 	bash scripts/ci/compat-env.sh
-	.venv-torch23/bin/python -m pytest tests/pipeline $(ARGS)
+	.venv-torch23/bin/python -m pytest tests/pipeline tests/checks $(ARGS)
 
 lint: ## hadolint the Dockerfiles, validate compose for every vendor
 	bash scripts/bootstrap.sh
