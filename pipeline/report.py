@@ -135,25 +135,38 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Started {report.get('started_at')} , finished {report.get('finished_at')}",
         f"- Model: `{model.get('name_or_path')}`" + (" — **RANDOM WEIGHTS (smoke run, accuracy meaningless)**"
                                                      if model.get("random_weights") else ""),
-        f"- Parameters: {model.get('total_params', 0):,} total, {model.get('trainable_params', 0):,} trainable (LoRA)",
-        f"- Quantization path: **{model.get('quantization_path')}** — {model.get('quantization_reason')}",
-        f"- Attention: **{model.get('attention')}** — {model.get('attention_reason')}",
-        f"- Gradient checkpointing: {model.get('gradient_checkpointing')}; precision {train.get('precision')}",
+    ]
+    if train:
+        lines += [
+            f"- Parameters: {model.get('total_params', 0):,} total, {model.get('trainable_params', 0):,} trainable (LoRA)",
+            f"- Quantization path: **{model.get('quantization_path')}** — {model.get('quantization_reason')}",
+            f"- Attention: **{model.get('attention')}** — {model.get('attention_reason')}",
+            f"- Gradient checkpointing: {model.get('gradient_checkpointing')}; precision {train.get('precision')}",
+        ]
+    else:
+        lines.append(f"- Adapter: `{model.get('adapter')}`; weights {model.get('dtype')}")
+    lines += [
         f"- Device: {gpu}, backend {backend} {backend_version}, world size {train.get('world_size', 1)}",
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in libs.items() if v),
         "",
-        "| steps | wall time (s) | tokens/s | peak memory | final loss |",
-        "|---|---|---|---|---|",
-        f"| {train.get('steps')} | {train.get('wall_time_s')} | {train.get('tokens_per_second')} | "
-        f"{_memory(train.get('peak_memory', {}))} | {train.get('final_loss')} |",
-        "",
     ]
+    if train:
+        lines += [
+            "| steps | wall time (s) | tokens/s | peak memory | final loss |",
+            "|---|---|---|---|---|",
+            f"| {train.get('steps')} | {train.get('wall_time_s')} | {train.get('tokens_per_second')} | "
+            f"{_memory(train.get('peak_memory', {}))} | {train.get('final_loss')} |",
+            "",
+        ]
     ev = report.get("eval") or {}
     if ev:
         lines += [f"Evaluation ({ev.get('scoring')} scoring, `{ev.get('file')}`):", ""]
         if "before" in ev:
             lines.append(f"- before training: {_acc(ev.get('before'))}")
-        lines.append(f"- after training: {_acc(ev.get('after'))}")
+        if "after" in ev:
+            lines.append(f"- after training: {_acc(ev.get('after'))}")
+        if "result" in ev:
+            lines.append(f"- accuracy: {_acc(ev.get('result'))}")
         lines.append("")
     data = report.get("data", {})
     if data.get("files"):

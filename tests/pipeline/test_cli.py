@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -99,6 +100,17 @@ def test_finetune_then_evaluate_the_adapter(tmp_path, tiny_model_dir, capsys):
                  "--scoring", "cloze", "--device", "cpu"]) == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["count"] == 5
+    # The evaluate run documents itself like a fine-tune does: what was scored, on what, where, with what result.
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["command"] == "evaluate" and report["eval"]["result"] == metrics
+    assert report["model"]["adapter"] == str(tmp_path / "run" / "adapter") and report["model"]["random_weights"] is False
+    data_file = report["data"]["files"][0]
+    assert data_file["sha256"] == hashlib.sha256((tmp_path / "eval.jsonl").read_bytes()).hexdigest()
+    assert report["environment"]["device"]["backend"] in ("cpu", "cuda", "rocm")
+    assert report["environment"]["libraries"]["torch"]
+    markdown = (tmp_path / "ev" / "report.md").read_text()
+    assert "# Run report: evaluate" in markdown and f"- accuracy: {metrics['accuracy']:.3f}" in markdown
+    assert "trainable (LoRA)" not in markdown  # no training happened in this run
     # The merged adapter scores exactly as the in-memory model did at the end of training.
     trained = json.loads((tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()[0])
     merged = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()[0])
