@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from io import StringIO
 
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import files
+from pyinfra.operations import apt, files
+from pyinfra.operations.util import any_changed
 
 from provision.settings import AptRepo
 
@@ -47,3 +49,11 @@ def vendor_apt_repo(repo: AptRepo, arch: str) -> list[OperationMeta]:
     else:
         changes.append(files.file(name=f"No apt pin for {repo.name}", path=pin_path, present=False))
     return changes
+
+
+def vendor_apt_repos(repos: Iterable[AptRepo], arch: str, *, what: str) -> None:
+    """Install each repository, then refresh apt's lists only if one of them changed (so a second run is clean)."""
+    changes: list[OperationMeta] = []
+    for repo in repos:
+        changes.extend(vendor_apt_repo(repo, arch))
+    apt.update(name=f"apt lists include {what}", _if=any_changed(*changes))

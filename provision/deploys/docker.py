@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
-from pyinfra.operations.util import any_changed
 
-from provision.deploys.apt_repo import vendor_apt_repo
+from provision.deploys.apt_repo import vendor_apt_repos
 from provision.settings import NodeSettings
 
 
 @deploy("Docker Engine")
 def docker_engine(settings: NodeSettings) -> None:
-    repo_changes = vendor_apt_repo(settings.docker_repo, settings.apt_arch)
-    apt.update(name="apt lists include Docker's repository", _if=any_changed(*repo_changes))
+    vendor_apt_repos([settings.docker_repo], settings.apt_arch, what="Docker's repository")
     apt.packages(name="Docker Engine, CLI, containerd, buildx and compose", packages=list(settings.docker_packages))
 
     # Membership of the docker group is root on this host in all but name (a member can mount / into a

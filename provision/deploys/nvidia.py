@@ -5,9 +5,8 @@ from __future__ import annotations
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, systemd
-from pyinfra.operations.util import any_changed
 
-from provision.deploys.apt_repo import vendor_apt_repo
+from provision.deploys.apt_repo import vendor_apt_repos
 from provision.operations import docker_nvidia_runtime
 from provision.settings import NodeSettings
 
@@ -15,10 +14,7 @@ from provision.settings import NodeSettings
 @deploy("NVIDIA driver")
 def nvidia_driver(settings: NodeSettings) -> OperationMeta:
     """Returns the driver install operation: a reboot is due when it changed."""
-    repo_changes = []
-    for repo in settings.driver_repos:
-        repo_changes.extend(vendor_apt_repo(repo, settings.apt_arch))
-    apt.update(name="apt lists include NVIDIA's CUDA repository", _if=any_changed(*repo_changes))
+    vendor_apt_repos(settings.driver_repos, settings.apt_arch, what="NVIDIA's CUDA repository")
     return apt.packages(name="NVIDIA driver branch (cuda-drivers-<branch>)", packages=list(settings.driver_packages))
 
 
@@ -26,8 +22,7 @@ def nvidia_driver(settings: NodeSettings) -> OperationMeta:
 def nvidia_container_toolkit(settings: NodeSettings) -> None:
     """Needs Docker installed first: nvidia-ctk writes Docker's daemon.json."""
     assert settings.container_toolkit_repo is not None
-    repo_changes = vendor_apt_repo(settings.container_toolkit_repo, settings.apt_arch)
-    apt.update(name="apt lists include the Container Toolkit repository", _if=any_changed(*repo_changes))
+    vendor_apt_repos([settings.container_toolkit_repo], settings.apt_arch, what="the Container Toolkit repository")
     apt.packages(name="NVIDIA Container Toolkit", packages=list(settings.container_toolkit_packages))
     runtime = docker_nvidia_runtime(name="Docker knows the nvidia runtime")
     if not settings.in_container_or_chroot:

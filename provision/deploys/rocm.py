@@ -7,9 +7,8 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, files, server
-from pyinfra.operations.util import any_changed
 
-from provision.deploys.apt_repo import vendor_apt_repo
+from provision.deploys.apt_repo import vendor_apt_repos
 from provision.settings import NodeSettings
 
 # /dev/kfd (the compute interface) and /dev/dri/renderD* (one per GPU) must be usable by the render group.
@@ -27,10 +26,7 @@ LD_SO_CONF = "/opt/rocm/lib\n/opt/rocm/lib64\n"
 @deploy("AMD ROCm driver and runtime")
 def rocm(settings: NodeSettings) -> OperationMeta:
     """Returns the driver install operation: a reboot is due when it changed."""
-    repo_changes = []
-    for repo in settings.driver_repos:
-        repo_changes.extend(vendor_apt_repo(repo, settings.apt_arch))
-    apt.update(name="apt lists include AMD's repositories", _if=any_changed(*repo_changes))
+    vendor_apt_repos(settings.driver_repos, settings.apt_arch, what="AMD's repositories")
 
     assert settings.rocm_release is not None
     # The same release AMD's quick start installs with amdgpu-install_<version>_all.deb; named so a site can
