@@ -49,44 +49,46 @@ def prepare_root(root: Path, repos: fake_repo.FakeRepos) -> Path:
     return root
 
 
-def amd_host_data(repos: fake_repo.FakeRepos) -> dict:
+def _chroot_host_data(repos: fake_repo.FakeRepos) -> dict:
+    """What every test node shares: the chroot's suite and switches, the GPU user, Docker's fake repository."""
     base = repos.base_url
     return {
         "os_codename": fake_repo.SUITE,
         "in_container_or_chroot": True,
         "gpu_users": [GPU_USER],
-        "rocm_version": fake_repo.ROCM_VERSION,
-        "amd_repo_base_url": f"{base}/amd",
-        "amd_key_url": f"{base}/{fake_repo.KEY_PATHS['amd']}",
-        "amd_key_sha256": repos.key_sha256["amd"],
         "docker_repo_url": f"{base}/docker/linux/ubuntu",
         "docker_key_url": f"{base}/{fake_repo.KEY_PATHS['docker']}",
-        "docker_key_sha256": repos.key_sha256["docker"],
-        "tune_kernel_args": ["pci=realloc=off", "amd_iommu=on", "iommu=pt"],
-        "tune_numa_balancing_off": True,
-        "tune_disable_cpu_idle_state": 2,
         # No GPU and no Docker engine inside a chroot: the verification steps have their own tests.
         "verify_gpus": False,
         "verify_kit_image": False,
     }
 
 
+def amd_host_data(repos: fake_repo.FakeRepos) -> dict:
+    base = repos.base_url
+    return {
+        **_chroot_host_data(repos),
+        "rocm_version": fake_repo.ROCM_VERSION,
+        "amd_repo_base_url": f"{base}/amd",
+        "amd_key_url": f"{base}/{fake_repo.KEY_PATHS['amd']}",
+        "amd_key_sha256": repos.key_sha256["amd"],
+        "docker_key_sha256": repos.key_sha256["docker"],
+        "tune_kernel_args": ["pci=realloc=off", "amd_iommu=on", "iommu=pt"],
+        "tune_numa_balancing_off": True,
+        "tune_disable_cpu_idle_state": 2,
+    }
+
+
 def nvidia_host_data(repos: fake_repo.FakeRepos) -> dict:
     base = repos.base_url
     return {
-        "os_codename": fake_repo.SUITE,
-        "in_container_or_chroot": True,
-        "gpu_users": [GPU_USER],
+        **_chroot_host_data(repos),
         "nvidia_driver_branch": fake_repo.NVIDIA_BRANCH,
         "nvidia_fabricmanager": True,
         "cuda_repo_url": f"{base}/cuda/ubuntu2204/x86_64",
         "cuda_key_url": f"{base}/{fake_repo.KEY_PATHS['cuda']}",
         "container_toolkit_repo_url": f"{base}/nvct/stable/deb/$(ARCH)",
         "container_toolkit_key_url": f"{base}/{fake_repo.KEY_PATHS['nvct']}",
-        "docker_repo_url": f"{base}/docker/linux/ubuntu",
-        "docker_key_url": f"{base}/{fake_repo.KEY_PATHS['docker']}",
-        "verify_gpus": False,
-        "verify_kit_image": False,
     }
 
 
