@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from pipeline import atomic
+from kit import atomic
 
 COMPLETE = "COMPLETE"
 _NAME = re.compile(r"^checkpoint-(\d+)$")

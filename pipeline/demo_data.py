@@ -26,7 +26,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic
+from kit import atomic
 
 # Class names are the answer options; every class has at least three drugs so two stay for training.
 DRUG_CLASSES: dict[str, list[str]] = {

@@ -35,7 +35,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 
-from pipeline import atomic
+from kit import atomic
 from pipeline.data import Question
 from pipeline.prompts import bos_prefix, continuations, encode_pair, format_prompt
 

@@ -22,7 +22,8 @@ from typing import Any, Optional
 
 import torch
 
-from pipeline import atomic, smollm2
+from kit import atomic
+from pipeline import smollm2
 from pipeline.config import Recipe
 
 RANDOM_PREFIX = "random:"

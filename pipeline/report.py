@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import torch
 
-from pipeline import atomic
+from kit import atomic
 
 # Device-selection variables worth recording (they change which GPU ran); nothing else from the environment.
 _ENV_ALLOWLIST = (

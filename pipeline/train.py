@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import atomic
+from kit import atomic
 from pipeline import checkpoint as ckpt
 from pipeline import report as rep
 from pipeline.config import Recipe, RecipeError
