@@ -5,7 +5,7 @@ Fixtures (all CPU, offline):
 - ``tiny_tokenizer``: that tokenizer, loaded once a session (it has <s> BOS, </s> EOS, <pad>; adds no BOS itself).
 - ``tiny_model``: a fresh float32 copy of the model in eval mode for each test (cheap: ~0.1 s), so a test that
   trains or changes it cannot affect another.
-- ``medqa_test_path``: ../shared/data/medqa/us5_test.jsonl (or $MEDQA_TEST_FILE); skips with the reason when absent.
+- ``medqa_test_path``: tests/data/medqa/us5_test.jsonl, shipped with the tests (or $MEDQA_TEST_FILE).
 - ``demo_data_paths``: (train.jsonl, test.jsonl) from pipeline.demo_data.write_demo_data(seed=0), once a session.
 - ``write_jsonl``: write_jsonl(lines, name="data.jsonl") -> Path; each item is a dict (dumped as JSON) or a raw str.
 """
@@ -22,7 +22,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup without it hangs ~50 s before failing
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-MEDQA_TEST_FILE = PROJECT_ROOT.parent / "shared" / "data" / "medqa" / "us5_test.jsonl"
+# The real MedQA 5-option test split ships with the tests (MIT; tests/data/medqa/NOTICE.md).
+MEDQA_TEST_FILE = PROJECT_ROOT / "tests" / "data" / "medqa" / "us5_test.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +56,7 @@ def tiny_model(tiny_model_dir: Path) -> Any:
 def medqa_test_path() -> Path:
     path = Path(os.environ.get("MEDQA_TEST_FILE", MEDQA_TEST_FILE))
     if not path.is_file():
-        pytest.skip(f"real MedQA test file not found at {path} (the project does not ship MedQA; set MEDQA_TEST_FILE)")
+        pytest.fail(f"MedQA test file not found at {path} ($MEDQA_TEST_FILE points elsewhere?)")
     return path
 
 
