@@ -1,6 +1,7 @@
 """python -m checks: is this node or image fit to fine-tune on, and if not, what exactly is wrong.
 
-Exit status: 0 when no check failed (warnings and skips allowed), 1 when one did, 2 for a bad command line.
+Exit status: 0 when no check failed (warnings and skips allowed), 1 when one did, 2 for a bad command line or a
+--json-out file that cannot be written.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-from checks.core import FAIL, Context, Result, SelectionError, all_checks, exit_code, run_checks, select
+from checks.catalog import all_checks
+from checks.core import FAIL, Context, Result, SelectionError, exit_code, run_checks, select
+from kit import atomic
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -46,12 +49,6 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def write_json_atomic(path: Path, payload: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def log_line(r: Result) -> None:
@@ -109,7 +106,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         render_table(results)
     if args.json_out:
-        write_json_atomic(args.json_out, [r.to_dict() for r in results])
+        try:
+            atomic.write_text(args.json_out, json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        except OSError as exc:  # the results are printed already; say which file failed rather than a traceback
+            print(f"python -m checks: cannot write --json-out {args.json_out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return exit_code(results)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from checks import thresholds as T
+from checks.build_info import image_build_info
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
 from checks.gpu import probe
 
@@ -29,9 +30,7 @@ def vendor(ctx: Context) -> str:
     p = probe(ctx)
     if p.vendor != "none":
         return p.vendor
-    from checks.platform_check import build_info
-
-    info, _ = build_info(ctx)
+    info, _ = image_build_info(ctx)
     if info is not None:
         return {"rocm": "amd", "cuda": "nvidia"}[info.vendor]
     if (DEV / "kfd").exists():

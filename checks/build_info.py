@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from checks.core import Context
+
 DEFAULT_PATH = Path("/etc/clinical-finetune-kit/build.json")
 ENV_VAR = "KIT_BUILD_INFO"
 SCHEMA = 1
@@ -113,6 +115,26 @@ def load_build_info(path: Path) -> BuildInfo:
         extra={k: v for k, v in raw.items() if k not in known},
         **{k: raw.get(k) for k in _OPTIONAL},
     )
+
+
+def image_build_info(ctx: Context) -> tuple[Optional[BuildInfo], str]:
+    """This run's build info, loaded once: (info, "") for a valid file, (None, why) otherwise. Raises nothing.
+
+    Platform, access and numerics checks all ask; the memo lives here, beside the loader, so that none of them
+    imports another check module to get it.
+    """
+
+    def load() -> tuple[Optional[BuildInfo], str]:
+        path, named = build_info_path(ctx.env)
+        if not path.exists():
+            why = f"no build info at {path}"
+            return None, (why + " (named by KIT_BUILD_INFO)" if named else why)
+        try:
+            return load_build_info(path), ""
+        except BuildInfoError as exc:
+            return None, str(exc)
+
+    return ctx.memo("build_info", load)
 
 
 def normalize_arch(arch: str) -> str:

@@ -149,14 +149,3 @@ def run_checks(
 def exit_code(results: list[Result]) -> int:
     """0 only when nothing failed: warnings and skips do not fail a run."""
     return 1 if any(r.status == FAIL for r in results) else 0
-
-
-GROUP_ORDER = ("platform", "access", "numerics", "collectives", "pipeline")  # the table's order, top to bottom
-
-
-def all_checks() -> list[Check]:
-    """Every check in table order: by group, then in the order its module defines them."""
-    from checks import access, collectives, numerics, pipeline_check, platform_check  # noqa: F401 (registers)
-
-    rank = {group: i for i, group in enumerate(GROUP_ORDER)}
-    return sorted(REGISTRY.values(), key=lambda c: rank.get(c.group, len(rank)))

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 from checks import thresholds as T
+from checks.build_info import image_build_info
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
 from checks.gpu import Device, gpu_skip_reason, probe
 
@@ -188,9 +189,7 @@ def flash_attention(ctx: Context) -> Result:
     """FlashAttention forward and backward on each GPU against a float32 reference attention."""
     if (reason := gpu_skip_reason(ctx)) is not None:
         return Result("numerics.flash_attention", SKIP, "", reason)
-    from checks.platform_check import build_info
-
-    info, _ = build_info(ctx)
+    info, _ = image_build_info(ctx)
     impl, fn, note = pick_attention(ctx)
     rows, data = [], []
     for dev in probe(ctx).devices:

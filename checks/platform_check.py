@@ -10,29 +10,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Optional
 
-from checks.build_info import BuildInfo, BuildInfoError, build_info_path, load_build_info, normalize_arch
+from checks import access  # device-node paths (access.DEV, which tests point at a fake /dev)
+from checks.build_info import build_info_path, image_build_info, normalize_arch
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
 from checks.gpu import gpu_skip_reason, probe
 
 ROCM_VERSION_FILE = Path("/opt/rocm/.info/version")
 NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")
 AMDGPU_MODULE_VERSION = Path("/sys/module/amdgpu/version")
-
-
-def build_info(ctx: Context) -> tuple[Optional[BuildInfo], str]:
-    """(info, "") when the image has a valid file; (None, why) otherwise. Raises nothing."""
-
-    def load() -> tuple[Optional[BuildInfo], str]:
-        path, named = build_info_path(ctx.env)
-        if not path.exists():
-            why = f"no build info at {path}"
-            return None, (why + " (named by KIT_BUILD_INFO)" if named else why)
-        try:
-            return load_build_info(path), ""
-        except BuildInfoError as exc:
-            return None, str(exc)
-
-    return ctx.memo("build_info", load)
 
 
 @check("platform.torch")
@@ -76,7 +61,7 @@ def _same_version(pinned: str, actual: Optional[str]) -> bool:
 @check("platform.pins")
 def pins(ctx: Context) -> Result:
     """Versions in use match the image's build info (torch, CUDA/ROCm runtime, flash-attn, bitsandbytes)."""
-    info, why = build_info(ctx)
+    info, why = image_build_info(ctx)
     if info is None:
         _, named = build_info_path(ctx.env)
         if why.startswith("no build info") and not named:
@@ -158,12 +143,10 @@ def gpu_expected(ctx: Context) -> list[str]:
     """Why this host should have a usable GPU (empty: a CPU machine, where no GPU is a warning, not a failure).
 
     A CUDA build of torch alone is no evidence: PyPI's default torch is one, on laptops and CI machines too."""
-    from checks import access  # device-node paths live there (and tests point them at a fake /dev)
-
     reasons = []
     if ctx.require_gpu:
         reasons.append("--require-gpu was given")
-    info, _ = build_info(ctx)
+    info, _ = image_build_info(ctx)
     if info is not None:
         reasons.append(f"the image ({info.path}) was built for {info.vendor}")
     nodes = [str(access.DEV / n) for n in ("kfd", "nvidiactl") if (access.DEV / n).exists()]
@@ -256,7 +239,7 @@ def gpus(ctx: Context) -> Result:
     """GPU count, names and architectures; each architecture is one torch and the image's extensions were built for."""
     reason = gpu_skip_reason(ctx)
     p = probe(ctx)
-    info, _ = build_info(ctx)
+    info, _ = image_build_info(ctx)
     if reason is not None:
         expected = gpu_expected(ctx)
         if expected:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import checks.__main__ as cli
-from checks import core
+from checks import catalog, core
 from checks.core import FAIL, PASS, SKIP, WARN, Check, Context, Result
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def cpu_run():
 
 def test_real_cpu_run_prints_only_json_and_exit_code_follows_failures(cpu_run):
     results = json.loads(cpu_run.stdout)  # stdout holds the JSON alone: logs went to stderr
-    assert [r["name"] for r in results] == [c.name for c in core.all_checks()]
+    assert [r["name"] for r in results] == [c.name for c in catalog.all_checks()]
     assert all(set(r) == KEYS for r in results)
     failed = [r["name"] for r in results if r["status"] == FAIL]
     assert cpu_run.returncode == (1 if failed else 0), (failed, cpu_run.stderr[-2000:])
@@ -131,8 +131,31 @@ def test_registry_rejects_bad_names_and_statuses():
 
 
 def test_select_keeps_registry_order():
-    checks = core.all_checks()
+    checks = catalog.all_checks()
     picked = core.select(checks, only=["pipeline", "platform.torch"])
     assert [c.name for c in picked] == ["platform.torch", "pipeline.qlora"]
     assert core.select(checks, skip=["numerics", "collectives"])[-1].name == "pipeline.qlora"
     assert isinstance(Context().env, dict)
+
+
+def test_json_out_replaces_the_file_whole_and_leaves_no_temporary(monkeypatch, capsys, tmp_path):
+    fake_registry(monkeypatch, Check("a.ok", lambda ctx: Result("a.ok", PASS, "fine"), "passes"))
+    out = tmp_path / "reports" / "checks.json"  # the folder does not exist yet
+    assert cli.main(["--json", "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["checks.json"]
+
+
+def test_json_out_that_cannot_be_written_keeps_the_old_file(monkeypatch, capsys, tmp_path):
+    fake_registry(monkeypatch, Check("a.ok", lambda ctx: Result("a.ok", PASS, "fine"), "passes"))
+    out = tmp_path / "checks.json"
+    out.write_text("previous run\n")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    assert cli.main(["--json-out", str(out)]) == 2
+    assert f"cannot write --json-out {out}: No space left on device" in capsys.readouterr().err
+    assert out.read_text() == "previous run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checks.json"]
