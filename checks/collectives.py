@@ -18,6 +18,7 @@ from typing import Any, Optional
 from checks import thresholds as T
 from checks.core import FAIL, PASS, SKIP, Context, Result, check
 from checks.gpu import gpu_skip_reason, probe
+from kit import atomic
 
 # NVLink multicast (NVLS) stays off in what we spawn: a smoke test needs plain ring/tree all-reduce, and on some
 # shared hosts a program using multicast has taken the host's GPUs out of service. Forced, not defaulted.
@@ -68,9 +69,8 @@ def worker(rank: int, world: int, init_method: str, backend: str, device_type: s
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-        tmp = Path(out_dir) / f".rank{rank}.json.tmp"
-        tmp.write_text(json.dumps(result))
-        tmp.rename(Path(out_dir) / f"rank{rank}.json")
+        # Whole or absent: the parent reads every rank's file after a deadline, and may kill a rank mid-write.
+        atomic.write_text(Path(out_dir) / f"rank{rank}.json", json.dumps(result))
 
 
 def run_all_reduce(world: int, backend: str, device_type: str, nbytes: int = T.ALLREDUCE_BYTES,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def find_cycle(graph: Edges) -> list[str]:
 
 
 def describe(graph: Edges, cycle: list[str]) -> str:
-    return "\n".join(f"  {a} imports {b} ({graph[a][b]})" for a, b in zip(cycle, cycle[1:]))
+    return "\n".join(f"  {a} imports {b} ({graph[a][b]})" for a, b in itertools.pairwise(cycle))
 
 
 def test_first_party_packages_have_no_import_loop():

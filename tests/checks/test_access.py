@@ -5,6 +5,7 @@ import pytest
 from checks import access
 from checks import thresholds as T
 from checks.core import FAIL, PASS, SKIP, WARN
+
 from .conftest import H200, MI300X, make_ctx
 
 

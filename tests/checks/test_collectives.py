@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from checks import collectives as C
 from checks.core import FAIL, PASS, SKIP
+
 from .conftest import make_ctx
 
 MIB = 1024**2

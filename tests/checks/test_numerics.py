@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from checks import numerics as N
 from checks.core import FAIL, PASS, SKIP, WARN
 from checks.gpu import Device
+
 from .conftest import H200, MI300X, make_ctx
 
 CPU = torch.device("cpu")

@@ -5,6 +5,7 @@ import pytest
 
 from checks import pipeline_check as P
 from checks.core import FAIL, PASS
+
 from .conftest import H200, make_ctx
 
 

@@ -6,6 +6,7 @@ import pytest
 from checks import platform_check as pc
 from checks.core import FAIL, PASS, SKIP, WARN
 from checks.gpu import Device, Probe
+
 from .conftest import H200, MI300X, make_ctx
 
 BNB = metadata.version("bitsandbytes")
