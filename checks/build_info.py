@@ -8,8 +8,8 @@ names another path). It is one JSON object::
       "vendor": "rocm",                     # "rocm" or "cuda", required
       "torch_version": "2.3.1+rocm6.0",     # torch.__version__ as printed in the image, required
       "gpu_archs": ["gfx90a", "gfx942"],    # what the compiled extensions (flash-attn, bitsandbytes) target,
-                                            #   required: gfx names on ROCm (GPU_ARCHS / BNB_ROCM_ARCH), and
-                                            #   TORCH_CUDA_ARCH_LIST entries on CUDA ("8.0", "9.0", "9.0+PTX")
+                                            #   required: gfx names on ROCm (ROCM_GPU_ARCHS), and
+                                            #   CUDA_ARCH_LIST entries on CUDA ("8.0", "9.0", "9.0+PTX")
       "rocm_version": "6.1.2",              # ROCm only, required there: /opt/rocm/.info/version at build time
       "hip_version": "6.0.32830",           # ROCm only, optional: torch.version.hip (torch's bundled HIP)
       "cuda_version": "12.1",               # CUDA only, required there: torch.version.cuda
@@ -35,6 +35,9 @@ from typing import Any, Mapping, Optional
 from checks.core import Context
 
 DEFAULT_PATH = Path("/etc/clinical-finetune-kit/build.json")
+# Where a vendor's image build takes its GPU targets from: keys of stack.env (the kit's versions file), named in
+# the fix hints; tests/checks/test_stack.py keeps them existing there.
+STACK_ARCH_KEYS = {"rocm": "ROCM_GPU_ARCHS", "cuda": "CUDA_ARCH_LIST"}
 ENV_VAR = "KIT_BUILD_INFO"
 SCHEMA = 1
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from checks import access  # device-node paths (access.DEV, which tests point at a fake /dev)
-from checks.build_info import build_info_path, image_build_info, normalize_arch
+from checks.build_info import STACK_ARCH_KEYS, build_info_path, image_build_info, normalize_arch
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
 from checks.gpu import gpu_skip_reason, probe
 
@@ -270,8 +270,9 @@ def gpus(ctx: Context) -> Result:
     value = _group_names(p.devices)
     if problems:
         return Result("platform.gpus", FAIL, value, "; ".join(problems + notes),
-                      hint="rebuild the image with this GPU's architecture in GPU_ARCHS (ROCm) / "
-                           "TORCH_CUDA_ARCH_LIST (CUDA), or run on the GPUs it was built for", data=data)
+                      hint=f"add this GPU's architecture to {STACK_ARCH_KEYS['rocm']} (ROCm) / "
+                           f"{STACK_ARCH_KEYS['cuda']} (CUDA) in stack.env and rebuild the image, or run on the GPUs "
+                           "it was built for", data=data)
     status = WARN if any("PTX" in n for n in notes) else PASS
     detail = "; ".join(notes) or f"torch and the image's extensions have native code for {', '.join(archs)}"
     hint = "add this architecture to the build's arch list for native kernels" if status == WARN else ""

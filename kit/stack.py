@@ -17,8 +17,15 @@ class StackFileError(ValueError):
 def read_stack(path: Optional[Path] = None) -> dict[str, str]:
     """``{KEY: value}`` from ``stack.env`` (``KEY=value`` lines, ``#`` comments, blank lines)."""
     path = Path(path) if path is not None else STACK_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        # The images copy kit/ to /opt/kit/kit, so the default path there is /opt/kit/stack.env.
+        where = (" (it belongs beside the kit/ folder: the repository root, or /opt/kit in the images; run from a "
+                 "full checkout or an image that carries it)") if path == STACK_FILE else ""
+        raise StackFileError(f"{path}: cannot read the stack file: {exc.strerror or exc}{where}") from None
     values: dict[str, str] = {}
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -33,6 +40,7 @@ def read_stack(path: Optional[Path] = None) -> dict[str, str]:
 
 
 def stack_value(key: str, path: Optional[Path] = None) -> str:
+    """One value of ``stack.env``; a missing key is an error naming the file and the key."""
     values = read_stack(path)
     if key not in values:
         raise StackFileError(f"{path or STACK_FILE}: no {key}= line")
