@@ -128,7 +128,7 @@ test-compat: ## the pipeline and checks tests on the images' stack (torch 2.3.1,
 
 # The paths `make lint` (and so CI) checks with ruff: the ones that pass today. Add a folder once
 # `.venv/bin/ruff check <folder>` passes (rules: pyproject.toml [tool.ruff]).
-RUFF_PATHS = checks kit tests/checks tests/test_import_graph.py
+RUFF_PATHS = checks kit tests/checks tests/kit tests/test_import_graph.py
 lint: ## ruff on RUFF_PATHS, hadolint the Dockerfiles, validate compose for every vendor
 	bash scripts/bootstrap.sh
 	$(PYTHON) -m ruff check $(RUFF_PATHS)
