@@ -40,20 +40,20 @@ def kit_keys() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
-def pyinfra_keys() -> frozenset[str]:
-    """Host data keys pyinfra's connectors read (ssh_user, docker_identifier, fake_responses, ...)."""
+def connector_prefixes() -> tuple[str, ...]:
+    """Prefixes of the host data pyinfra's connectors set and read: ssh_user, chroot_directory, fake_responses..."""
     from pyinfra.api.connectors import get_all_connectors
 
-    keys: set[str] = set()
-    for connector in get_all_connectors().values():
-        keys.update(getattr(connector, "data_meta", {}) or {})
-        keys.update(getattr(getattr(connector, "data_cls", None), "__annotations__", {}))
-    return frozenset(keys)
+    return tuple(f"{name}_" for name in get_all_connectors())
 
 
 def unknown_keys(keys: set[str]) -> list[str]:
     """Keys that are neither ours nor pyinfra's. Names starting with "_" are pyinfra's global arguments (_sudo)."""
-    return sorted(key for key in keys if not key.startswith("_") and key not in kit_keys() | pyinfra_keys())
+    ours_or_pyinfras = kit_keys()
+    return sorted(
+        key for key in keys
+        if not key.startswith("_") and key not in ours_or_pyinfras and not key.startswith(connector_prefixes())
+    )  # fmt: skip
 
 
 def nearest_key(key: str) -> str | None:

@@ -124,8 +124,20 @@ def test_amd_repositories_keyring_sources_and_pins(deployment):
         f"{signed} {base}/amd/rocm/apt/6.1.2 bookworm main\n"
     )
     for repo in ("amdgpu", "rocm"):
-        pin = (root / f"etc/apt/preferences.d/{repo}.pref").read_text()
-        assert "Package: *\nPin: release o=repo.radeon.com\nPin-Priority: 600\n" in pin
+        pin = root / f"etc/apt/preferences.d/{repo}.pref"
+        assert "Package: *\nPin: release o=repo.radeon.com\nPin-Priority: 600\n" in pin.read_text()
+        assert pin.stat().st_mode & 0o777 == 0o644  # apt run by a user must read it, or Debian's rocminfo wins
+
+
+def test_pins_hold_for_apt_run_by_an_ordinary_user(deployment):
+    # The candidate an ordinary user's apt sees: with an unreadable pin it would be Debian's higher 5.2.3.
+    policy = subprocess.run(
+        ["chroot", "--userspec", f"{GPU_USER}:{GPU_USER}", str(deployment.amd), "apt-cache", "policy", "rocminfo"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Candidate: 1.0.0.60102-1" in policy, policy
 
 
 def test_amd_packages_come_from_amds_repository(deployment):
@@ -145,12 +157,20 @@ def test_amd_device_access_and_library_path(deployment):
     assert 'KERNEL=="kfd", GROUP="render", MODE="0660"' in rules
     assert 'SUBSYSTEM=="drm", KERNEL=="renderD*", GROUP="render", MODE="0660"' in rules
     assert (root / "etc/ld.so.conf.d/rocm.conf").read_text().splitlines() == ["/opt/rocm/lib", "/opt/rocm/lib64"]
+    # AMD's post-install PATH step, checked the way a user gets it: a login shell.
+    path = subprocess.run(
+        ["chroot", str(root), "su", "-l", GPU_USER, "-s", "/bin/sh", "-c", "echo $PATH"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "/opt/rocm/bin" in path.split(":")[-1], path
 
 
 def test_mi300x_tuning_files_written_but_nothing_live(deployment):
     root = deployment.amd
     grub = (root / "etc/default/grub.d/90-clinical-kit.cfg").read_text()
-    assert 'GRUB_CMDLINE_LINUX_DEFAULT="${GRUB_CMDLINE_LINUX_DEFAULT} pci=realloc=off amd_iommu=on iommu=pt"' in grub
+    assert 'GRUB_CMDLINE_LINUX="${GRUB_CMDLINE_LINUX} pci=realloc=off iommu=pt"' in grub
     assert "kernel.numa_balancing = 0" in (root / "etc/sysctl.d/90-clinical-kit-numa.conf").read_text()
     unit = (root / "etc/systemd/system/clinical-kit-cpuidle.service").read_text()
     assert "ExecStart=/usr/bin/cpupower idle-set -d 2" in unit
