@@ -16,7 +16,8 @@ FAKE_UBUNTU = {
     "fake_delay": 0,
     "fake_delay_jitter": 0,
     # Every repository and key URL answers the HEAD request made before any change.
-    "fake_responses": {"uname -r": "6.8.0-45-generic", "uname -s": "Linux", "curl --head": "ok"},
+    # The driver "changes", so the control run reboots: uptime is read before and after (equal: it came back).
+    "fake_responses": {"uname -r": "6.8.0-45-generic", "uname -s": "Linux", "curl --head": "ok", "/proc/uptime": "86400"},
     "os_codename": "jammy",
     "verify_gpus": False,
     "verify_kit_image": False,
