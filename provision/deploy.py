@@ -13,22 +13,22 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))  # pyinfra runs this file from any directory; the deploys live here
 
-from pyinfra import host  # noqa: E402
+from pyinfra import host
 
-from provision import settings as node_settings  # noqa: E402
-from provision.deploys.apt_repo import apt_sources  # noqa: E402
-from provision.deploys.base import base_packages  # noqa: E402
-from provision.deploys.docker import docker_engine  # noqa: E402
-from provision.deploys.nvidia import (  # noqa: E402
+from provision import settings as node_settings
+from provision.deploys.apt_repo import apt_sources
+from provision.deploys.base import base_packages
+from provision.deploys.docker import docker_engine
+from provision.deploys.nvidia import (
     nvidia_container_toolkit,
     nvidia_driver,
     nvidia_fabricmanager_running,
 )
-from provision.deploys.rocm import rocm  # noqa: E402
-from provision.deploys.tuning import mi300x_tuning  # noqa: E402
-from provision.deploys.verify import reboot_if_needed, verify  # noqa: E402
-from provision.facts import settings_facts  # noqa: E402
-from provision.preflight import check_urls_reachable, check_users_exist  # noqa: E402
+from provision.deploys.rocm import rocm
+from provision.deploys.tuning import mi300x_tuning
+from provision.deploys.verify import reboot_if_needed, verify
+from provision.facts import settings_facts
+from provision.preflight import check_urls_reachable, check_users_exist
 
 # Checked while pyinfra plans, before it changes anything: bad data or an unreachable URL stops the whole run here.
 settings = node_settings.resolve(host.name, host.groups, host.data, facts=settings_facts(host))

@@ -194,7 +194,7 @@ class UrlStatus(FactBase):
         return (
             "if ! command -v curl >/dev/null; then echo 'curl is not installed on the host'; "
             f"elif out=$(curl --head --silent --show-error --fail --location --max-time {int(timeout)} "
-            f"-o /dev/null {quoted} 2>&1); then echo ok; else echo \"$out\"; fi"
+            f'-o /dev/null {quoted} 2>&1); then echo ok; else echo "$out"; fi'
         )
 
     @staticmethod

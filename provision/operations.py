@@ -13,7 +13,6 @@ from collections.abc import Iterator, Sequence
 
 from pyinfra import host, state
 from pyinfra.api import operation
-
 from pyinfra.api.operation import OperationMeta
 
 from provision.facts import (

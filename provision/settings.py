@@ -288,7 +288,7 @@ def _tuning(d: HostDataReader, platform: str, kernel: str, facts: dict[str, str]
 
 
 def _cpu_vendor(d: HostDataReader, facts: dict[str, str]) -> str | None:
-    """"amd" or "intel" from host data, else from the host's /proc/cpuinfo; None when neither says."""
+    """The CPU vendor (amd, intel) from host data, else from the host's /proc/cpuinfo; None when neither says."""
     chosen = d.get("cpu_vendor")
     if chosen is not None:
         if chosen not in IOMMU_PASSTHROUGH_ARGS:

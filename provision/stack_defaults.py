@@ -14,9 +14,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))  # kit/ sits beside provision/; pyinfra may run us from any directory
 
-from kit.stack import STACK_FILE, StackFileError, read_stack  # noqa: E402
-
-from provision.host_data import ProvisionDataError  # noqa: E402
+from kit.stack import STACK_FILE, StackFileError, read_stack
+from provision.host_data import ProvisionDataError
 
 
 def stack_value(key: str, data_key: str, stack_file: Path | None = None) -> str:

@@ -61,8 +61,7 @@ def mi300x_tuning(settings: NodeSettings) -> list[OperationMeta]:
         files.put(
             name="NUMA balancing off at boot",
             src=StringIO(
-                "# Written by provision/ (clinical-finetune-kit): tune_numa_balancing_off\n"
-                "kernel.numa_balancing = 0\n"
+                "# Written by provision/ (clinical-finetune-kit): tune_numa_balancing_off\nkernel.numa_balancing = 0\n"
             ),
             dest=SYSCTL_FILE,
             mode="644",

@@ -17,7 +17,12 @@ FAKE_UBUNTU = {
     "fake_delay_jitter": 0,
     # Every repository and key URL answers the HEAD request made before any change.
     # The driver "changes", so the control run reboots: uptime is read before and after (equal: it came back).
-    "fake_responses": {"uname -r": "6.8.0-45-generic", "uname -s": "Linux", "curl --head": "ok", "/proc/uptime": "86400"},
+    "fake_responses": {
+        "uname -r": "6.8.0-45-generic",
+        "uname -s": "Linux",
+        "curl --head": "ok",
+        "/proc/uptime": "86400",
+    },
     "os_codename": "jammy",
     "verify_gpus": False,
     "verify_kit_image": False,
@@ -54,8 +59,10 @@ def test_good_data_runs_to_the_end(tmp_path):
         ),
         (
             node(rocm_version="6.2.0"),
-            "rocm_version '6.2.0' has no pins; set rocm_version to one of 6.1.0, 6.1.1, 6.1.2, 6.1.3 in "
-            "provision/group_data/mi300x.py",
+            (
+                "rocm_version '6.2.0' has no pins; set rocm_version to one of 6.1.0, 6.1.1, 6.1.2, 6.1.3 in "
+                "provision/group_data/mi300x.py"
+            ),
         ),
         (
             node(amd_key_url=None),
@@ -129,8 +136,10 @@ def test_good_data_runs_to_the_end(tmp_path):
                     **FAKE_UBUNTU["fake_responses"],
                 },
             ),
-            "host @fake/node-01: cannot reach from the host, before any change: docker_repo_url: "
-            "http://127.0.0.1:9/docker/dists/jammy/Release (curl: (7) Failed to connect to 127.0.0.1 port 9)",
+            (
+                "host @fake/node-01: cannot reach from the host, before any change: docker_repo_url: "
+                "http://127.0.0.1:9/docker/dists/jammy/Release (curl: (7) Failed to connect to 127.0.0.1 port 9)"
+            ),
         ),
         (
             {"mi250": [], "mi300x": None, "nvidia": []},

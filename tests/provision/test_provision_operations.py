@@ -7,11 +7,9 @@ on the commands pyinfra executed and the files it uploaded (see fakehost.py).
 from __future__ import annotations
 
 import pytest
+from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
-from pyinfra.api import deploy
-
-from .fakehost import run_deploy
 from provision.deploys.apt_repo import apt_sources
 from provision.deploys.docker import docker_engine
 from provision.deploys.nvidia import nvidia_container_toolkit, nvidia_fabricmanager_running
@@ -20,6 +18,8 @@ from provision.deploys.tuning import CPUIDLE_UNIT, GRUB_DROP_IN, SYSCTL_FILE, mi
 from provision.deploys.verify import reboot_if_needed, verify
 from provision.facts import EXIT_MARKER, parse_rocminfo
 from provision.operations import apt_lists_current
+
+from .fakehost import run_deploy
 
 ROCMINFO_MI300X = """\
 ROCk module is loaded
@@ -212,7 +212,9 @@ def test_gpu_check_fails_with_what_was_found(data, problem):
 
 
 def test_gpu_check_without_rocm_reports_no_gpu():
-    run = run_deploy("mi300x", verify, data=NO_VERIFY_IMAGE, responses={"command -v /opt/rocm/bin/rocminfo": "##PYINFRA_NOCMD##"})
+    run = run_deploy(
+        "mi300x", verify, data=NO_VERIFY_IMAGE, responses={"command -v /opt/rocm/bin/rocminfo": "##PYINFRA_NOCMD##"}
+    )
     assert run.ran("no GPU found")
 
 
@@ -255,7 +257,9 @@ def test_failed_checks_fail_the_host_with_their_output():
     assert run.ran("docker pull clinical-finetune-kit:latest-cuda")
     [checks] = [command for command in run.commands if "docker run" in command]
     assert "--gpus all --ipc host" in checks
-    assert run.ran("checks failed in clinical-finetune-kit:latest-cuda (exit 1)") and run.ran("torch_gpu: FAIL no device")
+    assert run.ran("checks failed in clinical-finetune-kit:latest-cuda (exit 1)") and run.ran(
+        "torch_gpu: FAIL no device"
+    )
 
 
 def test_air_gapped_image_is_uploaded_and_loaded_instead_of_pulled(tmp_path):
@@ -375,9 +379,7 @@ def _apt_lists(changed: list[OperationMeta]) -> None:
     ids=["changed-now", "changed-before", "aged", "never-updated", "fresh"],
 )
 def test_apt_lists_are_refreshed_strictly_when_a_source_changed_or_they_aged(sources, stamp_state, expect_update):
-    run = run_deploy(
-        "mi300x", _apt_lists, responses={STAMP_CHECK: stamp_state}, args=lambda settings: (sources,)
-    )
+    run = run_deploy("mi300x", _apt_lists, responses={STAMP_CHECK: stamp_state}, args=lambda settings: (sources,))
     assert run.ran("apt-get update --error-on=any") is expect_update
 
 
