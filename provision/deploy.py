@@ -13,30 +13,30 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))  # pyinfra runs this file from any directory; the deploys live here
 
-from pyinfra import host  # noqa: E402
-from pyinfra.facts.server import KernelVersion, LinuxDistribution  # noqa: E402
+from pyinfra import host
 
-from provision import settings as node_settings  # noqa: E402
-from provision.deploys.base import base_packages  # noqa: E402
-from provision.deploys.docker import docker_engine  # noqa: E402
-from provision.deploys.nvidia import nvidia_container_toolkit, nvidia_driver  # noqa: E402
-from provision.deploys.rocm import rocm  # noqa: E402
-from provision.deploys.tuning import mi300x_tuning  # noqa: E402
-from provision.deploys.verify import reboot_if_needed, verify  # noqa: E402
-from provision.preflight import check_users_exist  # noqa: E402
-
-# Checked while pyinfra plans, before it changes anything: bad data stops the whole run here.
-settings = node_settings.resolve(
-    host.name,
-    host.groups,
-    host.data,
-    facts={
-        "kernel": host.get_fact(KernelVersion) or "",
-        "codename": host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", ""),
-    },
+from provision import settings as node_settings
+from provision.deploys.apt_repo import apt_sources
+from provision.deploys.base import base_packages
+from provision.deploys.docker import docker_engine
+from provision.deploys.nvidia import (
+    nvidia_container_toolkit,
+    nvidia_driver,
+    nvidia_fabricmanager_running,
 )
-check_users_exist(host, settings)
+from provision.deploys.rocm import rocm
+from provision.deploys.tuning import mi300x_tuning
+from provision.deploys.verify import reboot_if_needed, verify
+from provision.facts import settings_facts
+from provision.preflight import check_urls_reachable, check_users_exist
 
+# Checked while pyinfra plans, before it changes anything: bad data or an unreachable URL stops the whole run here.
+settings = node_settings.resolve(host.name, host.groups, host.data, facts=settings_facts(host))
+check_users_exist(host, settings)
+check_urls_reachable(host, settings)
+
+# Every vendor source is written (or fixed) before apt reads any of them.
+apt_sources(settings.apt_repos, settings.apt_arch, settings.apt_cache_time)
 base_packages(settings)
 if settings.platform == "rocm":
     reboot_changes = [rocm(settings)]
@@ -47,4 +47,6 @@ else:
     docker_engine(settings)
     nvidia_container_toolkit(settings)
 reboot_if_needed(settings, reboot_changes)
+if settings.platform == "cuda":
+    nvidia_fabricmanager_running(settings)
 verify(settings)

@@ -14,6 +14,11 @@ from typing import Any
 from pyinfra.api import FactBase
 
 EXIT_MARKER = "##clinical-kit-exit="
+# AMD installs its tools under /opt/rocm/bin, which is not on the PATH of a non-login shell (how pyinfra runs
+# commands): call them by full path.
+ROCMINFO = "/opt/rocm/bin/rocminfo"
+APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
+APT_CONFIG_DIRS = ("/etc/apt/sources.list", "/etc/apt/sources.list.d", "/etc/apt/keyrings", "/etc/apt/preferences.d")
 
 
 def parse_rocminfo(lines: list[str]) -> list[str]:
@@ -37,10 +42,10 @@ class RocmGpus(FactBase[list]):
     """gfx architecture of each GPU agent that `rocminfo` reports, e.g. ["gfx942"] * 8; [] without ROCm."""
 
     def requires_command(self, *args, **kwargs) -> str:
-        return "rocminfo"
+        return ROCMINFO
 
     def command(self) -> str:
-        return "rocminfo 2>/dev/null || true"
+        return f"{ROCMINFO} 2>/dev/null || true"
 
     @staticmethod
     def default() -> list:
@@ -159,3 +164,88 @@ class KitChecks(FactBase[dict]):
         except json.JSONDecodeError:
             pass  # the checks printed something besides their JSON (e.g. an error from docker itself)
         return {"exit_code": exit_code, "output": lines, "report": report}
+
+
+class CpuVendorId(FactBase):
+    """vendor_id of the host's first CPU from /proc/cpuinfo ("AuthenticAMD", "GenuineIntel"), or "" (a chroot)."""
+
+    def command(self) -> str:
+        return "grep -m1 '^vendor_id' /proc/cpuinfo 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str:
+        for line in output:
+            if ":" in line:
+                return line.split(":", 1)[1].strip()
+        return ""
+
+
+class UrlStatus(FactBase):
+    """Whether the host itself can fetch a URL: "ok", or what went wrong (curl's message, an HTTP status).
+
+    A HEAD request (curl --head), so nothing is downloaded; file:/ URLs are checked with test -r. Run from the
+    target because the target, not the control machine, talks to the repositories (proxies, firewalls, mirrors).
+    """
+
+    def command(self, url: str, timeout: int) -> str:
+        quoted = shlex.quote(url)
+        if url.startswith("file:"):
+            path = shlex.quote("/" + url.split(":", 1)[1].lstrip("/"))
+            return f"if test -r {path}; then echo ok; else echo 'not readable on the host'; fi"
+        return (
+            "if ! command -v curl >/dev/null; then echo 'curl is not installed on the host'; "
+            f"elif out=$(curl --head --silent --show-error --fail --location --max-time {int(timeout)} "
+            f'-o /dev/null {quoted} 2>&1); then echo ok; else echo "$out"; fi'
+        )
+
+    @staticmethod
+    def default() -> str:
+        return "no answer"
+
+    def process(self, output: list[str]) -> str:
+        text = " ".join(line.strip() for line in output if line.strip())
+        return text or "no answer"
+
+
+class AptListsState(FactBase):
+    """Why apt's package lists need a refresh ("missing", "sources changed", "older than N s"), or "" if fresh.
+
+    The lists are stale when any source, key or pin file is newer than the last successful `apt-get update`
+    (a run that failed half-way, or a file fixed by hand) or when they are older than cache_time.
+    """
+
+    def command(self, cache_time: int) -> str:
+        dirs = " ".join(APT_CONFIG_DIRS)
+        return (
+            f"stamp={APT_UPDATE_STAMP}; "
+            'if [ ! -e "$stamp" ]; then echo missing; '
+            f'elif [ -n "$(find {dirs} -newer "$stamp" 2>/dev/null | head -n1)" ]; then echo sources changed; '
+            f'elif [ $(( $(date +%s) - $(stat -c %Y "$stamp") )) -ge {int(cache_time)} ]; '
+            f"then echo older than {int(cache_time)} s; fi"
+        )
+
+    def process(self, output: list[str]) -> str:
+        return " ".join(line.strip() for line in output).strip()
+
+
+class UrlSha256(FactBase):
+    """sha256 of what a URL serves now, fetched on the host (signing keys are a few kB), or None if unreachable."""
+
+    def command(self, url: str) -> str:
+        return f"curl --silent --fail --location --max-time 30 {shlex.quote(url)} | sha256sum || true"
+
+    def process(self, output: list[str]) -> str | None:
+        digest = output[0].split()[0] if output and output[0].split() else ""
+        # sha256 of nothing: curl failed (the URL check before any change has already named such a URL).
+        empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        return digest if len(digest) == 64 and digest != empty else None
+
+
+def settings_facts(host: Any) -> dict[str, str]:
+    """What provision/settings.py needs to know about the host itself: kernel, OS codename, CPU vendor."""
+    from pyinfra.facts.server import KernelVersion, LinuxDistribution
+
+    return {
+        "kernel": host.get_fact(KernelVersion) or "",
+        "codename": host.get_fact(LinuxDistribution)["release_meta"].get("VERSION_CODENAME", ""),
+        "cpu_vendor_id": host.get_fact(CpuVendorId) or "",
+    }

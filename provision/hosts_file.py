@@ -14,7 +14,8 @@ HostEntry = str | tuple[str, dict[str, Any]]
 
 
 def read_hosts_file(path: Path) -> dict[str, list[HostEntry]]:
-    """Groups (mi250, mi300x, nvidia) -> pyinfra host entries. Unknown groups and malformed entries are errors."""
+    """Groups (mi250, mi300x, nvidia) -> pyinfra host entries. Unknown groups, malformed entries and a file
+    without any host are errors."""
     if not path.is_file():
         raise ProvisionDataError(
             f"{path}: no hosts file; copy provision/hosts.example.yaml to provision/hosts.yaml and list your "
@@ -47,4 +48,10 @@ def read_hosts_file(path: Path) -> dict[str, list[HostEntry]]:
                 raise ProvisionDataError(f"{where}: {name} is already listed under {seen[name]}")
             seen[name] = group
             groups[group].append(name if data is None else (name, data))
+    if not seen:
+        # pyinfra itself would plan nothing and exit 0, which reads as success.
+        raise ProvisionDataError(
+            f"{path}: no hosts: every group ({', '.join(PLATFORM_BY_GROUP)}) is empty; list at least one node "
+            "(see provision/hosts.example.yaml)"
+        )
     return groups

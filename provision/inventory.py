@@ -13,7 +13,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))  # pyinfra runs this file from any directory; the helpers live here
 
-from provision.hosts_file import read_hosts_file  # noqa: E402
+from provision.hosts_file import read_hosts_file
 
 _groups = read_hosts_file(Path(os.environ.get("PROVISION_HOSTS", Path(__file__).parent / "hosts.yaml")))
 

@@ -13,8 +13,18 @@ from collections.abc import Iterator, Sequence
 
 from pyinfra import host, state
 from pyinfra.api import operation
+from pyinfra.api.operation import OperationMeta
 
-from provision.facts import DockerImageId, DockerRuntimes, GroupGid, KitChecks, NvidiaGpus, RocmGpus
+from provision.facts import (
+    APT_UPDATE_STAMP,
+    AptListsState,
+    DockerImageId,
+    DockerRuntimes,
+    GroupGid,
+    KitChecks,
+    NvidiaGpus,
+    RocmGpus,
+)
 
 FAILURE_TAIL_LINES = 30
 
@@ -34,6 +44,29 @@ def gpu_problems(found: Sequence[str], expected_count: int | None, expected_arch
     if unexpected:
         problems.append(f"unexpected architecture(s) {', '.join(unexpected)} (expected {', '.join(expected_archs)})")
     return problems
+
+
+@operation(is_idempotent=False)
+def apt_lists_current(sources: Sequence[OperationMeta] = (), cache_time: int = 3600) -> Iterator[str]:
+    """
+    Refresh apt's package lists when a source, key or pin changed, or they are older than cache_time.
+
+    + sources: the operations that wrote sources/keys/pins in this run; a change in any forces the refresh
+    + cache_time: seconds a successful refresh counts as current
+
+    --error-on=any: a repository that cannot be fetched fails the run here, naming it, instead of apt warning
+    and carrying on with old lists (which later shows up as "Unable to locate package").
+    """
+    if state.is_executing:
+        changed = any(source.did_change() for source in sources)
+    else:
+        changed = any(source.will_change for source in sources)
+    reason = "sources changed in this run" if changed else host.get_fact(AptListsState, cache_time=cache_time)
+    if not reason:
+        host.noop("apt package lists are current")
+        return
+    yield "apt-get update --error-on=any"
+    yield f"touch {APT_UPDATE_STAMP}"  # Debian's apt does not keep this stamp itself; Ubuntu's does
 
 
 @operation(is_idempotent=True)

@@ -1,27 +1,30 @@
 """Turn a host's inventory data into checked settings, before any operation is planned.
 
 Every mistake a site can make in group_data/ or host data is caught here, so a bad run stops while pyinfra is
-still planning (nothing on the host has changed) and says which key to set and where.
+still planning (nothing on the host has changed) and says which key to set and where. Defaults live in
+group_data/all.py (and stack.env for the release, branch and GPU targets), never here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyinfra.api.exceptions import PyinfraError
-
+from provision.host_data import HostDataReader, ProvisionDataError
 from provision.pins import NVIDIA_DRIVER_BRANCHES, PLATFORM_BY_GROUP, ROCM_RELEASES, RocmRelease
+from provision.stack_defaults import stack_list, stack_value
 
-GROUP_DATA_DIR = "provision/group_data"
-URL_SCHEMES = ("https://", "http://", "file:/")
+__all__ = ["AptRepo", "NodeSettings", "ProvisionDataError", "Tuning", "platform_group", "resolve"]
 
-
-class ProvisionDataError(PyinfraError, ValueError):
-    """Host data that cannot be provisioned; the message names the key and what it should be.
-
-    A PyinfraError, so the pyinfra CLI prints the message alone instead of a traceback."""
+# What a GPU target looks like on each platform: rocminfo's gfx names, nvidia-smi's compute capabilities.
+ARCH_FORMS = {"rocm": (r"gfx[0-9a-f]{3,4}", "gfx names such as gfx942"), "cuda": (r"[0-9]+\.[0-9]", 'such as "9.0"')}
+IMAGE_TARGETS = {"rocm": "ROCM_GPU_ARCHS", "cuda": "CUDA_ARCH_LIST"}
+# The IOMMU in passthrough mode, per CPU vendor: AMD's MI300X/MI200 tuning guides give `iommu=pt` (the AMD IOMMU
+# is on by default); on Intel hosts VT-d must also be switched on (`intel_iommu=on iommu=pt`).
+IOMMU_PASSTHROUGH_ARGS = {"amd": ("iommu=pt",), "intel": ("intel_iommu=on", "iommu=pt")}
+CPU_VENDOR_IDS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class AptRepo:
     key_sha256: str | None
     pin: str | None = None  # an apt_preferences "Pin:" value, e.g. "release o=repo.radeon.com"
     pin_priority: int = 600
+    url_key: str = ""  # the host data key the URL came from, named when it cannot be reached
+    key_url_key: str = ""
 
     @property
     def keyring_path(self) -> str:
@@ -44,15 +49,22 @@ class AptRepo:
         return f"/etc/apt/keyrings/{self.keyring}.asc"
 
     def source_line(self, arch: str) -> str:
-        # A flat repository (suite "/") is addressed as a directory: apt wants its URL to end in a slash.
-        url = self.url + "/" if self.suite == "/" and not self.url.endswith("/") else self.url
-        parts = [f"deb [arch={arch} signed-by={self.keyring_path}]", url, self.suite, *self.components]
+        parts = [f"deb [arch={arch} signed-by={self.keyring_path}]", self._base(), self.suite, *self.components]
         return " ".join(parts)
+
+    def release_url(self, arch: str) -> str:
+        """The Release file apt fetches first: what the URL check asks for."""
+        base = self._base().replace("$(ARCH)", arch)
+        return f"{base}Release" if self.suite == "/" else f"{base}/dists/{self.suite}/Release"
+
+    def _base(self) -> str:
+        # A flat repository (suite "/") is addressed as a directory: apt wants its URL to end in a slash.
+        return self.url + "/" if self.suite == "/" and not self.url.endswith("/") else self.url
 
 
 @dataclass(frozen=True)
 class Tuning:
-    """AMD's MI300X system settings, each opt-in (see group_data/mi300x.py for the reasons)."""
+    """AMD's system settings for Instinct nodes, each opt-in (see group_data/all.py for the reasons)."""
 
     kernel_args: tuple[str, ...] = ()
     numa_balancing_off: bool = False
@@ -72,6 +84,7 @@ class NodeSettings:
     apt_arch: str
     in_container_or_chroot: bool
     apt_cache_time: int
+    url_check_timeout: int
     gpu_users: tuple[str, ...]
     base_packages: tuple[str, ...]
     kernel_packages: tuple[str, ...]
@@ -93,6 +106,14 @@ class NodeSettings:
     kit_checks_command: str
     rocm_release: RocmRelease | None = None
     rocm_version: str | None = None
+    nvidia_driver_branch: str | None = None
+    nvidia_fabricmanager: bool = False
+
+    @property
+    def apt_repos(self) -> tuple[AptRepo, ...]:
+        """Every vendor repository of this node, in the order the deploys use them."""
+        toolkit = (self.container_toolkit_repo,) if self.container_toolkit_repo else ()
+        return (*self.driver_repos, self.docker_repo, *toolkit)
 
 
 def platform_group(host_name: str, groups: list[str] | set[str]) -> str:
@@ -107,212 +128,212 @@ def platform_group(host_name: str, groups: list[str] | set[str]) -> str:
     return gpu_groups[0]
 
 
-class _Data:
-    """Reads keys from pyinfra host data and turns each problem into a ProvisionDataError that says where to fix it."""
+def resolve(host_name: str, groups: list[str] | set[str], data: Any, facts: dict[str, str]) -> NodeSettings:
+    """Check a host's data and return what the deploys need.
 
-    def __init__(self, host_name: str, group: str, data: Any):
-        self.host_name = host_name
-        self.group = group
-        self._data = data
-
-    def where(self) -> str:
-        return f"{GROUP_DATA_DIR}/{self.group}.py or {GROUP_DATA_DIR}/all.py (or this host's data)"
-
-    def error(self, key: str, problem: str) -> ProvisionDataError:
-        return ProvisionDataError(f"host {self.host_name}: {key} {problem}; set it in {self.where()}")
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
-
-    def required(self, key: str) -> Any:
-        value = self._data.get(key)
-        if value is None or value == "" or value == []:
-            raise self.error(key, "is not set")
-        return value
-
-    def url(self, key: str) -> str:
-        value = self.required(key)
-        if not isinstance(value, str) or not value.startswith(URL_SCHEMES):
-            raise self.error(key, f"must be a URL starting with {', '.join(URL_SCHEMES)} (got {value!r})")
-        return value.rstrip("/") if not value.endswith("$(ARCH)") else value
-
-    def str_list(self, key: str, default: list[str] | None = None) -> tuple[str, ...]:
-        value = self._data.get(key, default if default is not None else [])
-        if not isinstance(value, list | tuple) or not all(isinstance(item, str) and item for item in value):
-            raise self.error(key, f"must be a list of non-empty strings (got {value!r})")
-        return tuple(value)
-
-    def flag(self, key: str, default: bool = False) -> bool:
-        value = self._data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"must be True or False (got {value!r})")
-        return value
-
-    def int_or_none(self, key: str) -> int | None:
-        value = self._data.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise self.error(key, f"must be a non-negative whole number or None (got {value!r})")
-        return value
-
-    def sha256_or_none(self, key: str) -> str | None:
-        value = self._data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise self.error(key, f"must be a lowercase 64-character sha256 hex digest or None (got {value!r})")
-        return value
+    `facts` gives kernel (uname -r), codename (/etc/os-release) and cpu_vendor_id (/proc/cpuinfo) of the host."""
+    group = platform_group(host_name, groups)
+    platform = PLATFORM_BY_GROUP[group]
+    d = HostDataReader(host_name, group, data)
+    d.reject_unknown_keys()
+    codename = _codename(d, facts)
+    kernel = facts.get("kernel", "")
+    vendor = _rocm(d, codename) if platform == "rocm" else _nvidia(d)
+    return NodeSettings(
+        group=group,
+        platform=platform,
+        os_codename=codename,
+        **_host(d),
+        **_packages(d, kernel),
+        **vendor,
+        **_docker(d, codename),
+        tuning=_tuning(d, platform, kernel, facts),
+        **_verification(d, platform),
+    )
 
 
-def _rocm(d: _Data, codename: str) -> tuple[str, RocmRelease, tuple[AptRepo, ...]]:
-    version = str(d.required("rocm_version"))
-    release = ROCM_RELEASES.get(version)
-    if release is None:
+def _codename(d: HostDataReader, facts: dict[str, str]) -> str:
+    codename = d.get("os_codename") or facts.get("codename")
+    if not codename:
+        raise d.error("os_codename", "is not set and the host's /etc/os-release has no VERSION_CODENAME")
+    return str(codename)
+
+
+def _host(d: HostDataReader) -> dict[str, Any]:
+    return {
+        "apt_arch": d.text("apt_arch", r"[a-z0-9]+", "a Debian architecture such as amd64"),
+        "in_container_or_chroot": d.flag("in_container_or_chroot"),
+        "apt_cache_time": d.count("apt_cache_time"),
+        "url_check_timeout": d.count("url_check_timeout"),
+        "reboot_timeout": d.count("reboot_timeout"),
+        "gpu_users": d.str_list("gpu_users"),
+    }
+
+
+def _packages(d: HostDataReader, kernel: str) -> dict[str, Any]:
+    kernel_packages: tuple[str, ...] = ()
+    if d.flag("install_kernel_packages"):
+        if not kernel:
+            raise d.error("install_kernel_packages", "is True but the host's kernel release could not be read")
+        kernel_packages = tuple(p.format(kernel=kernel) for p in d.str_list("kernel_packages"))
+    return {"base_packages": d.str_list("base_packages"), "kernel_packages": kernel_packages}
+
+
+def _docker(d: HostDataReader, codename: str) -> dict[str, Any]:
+    repo = AptRepo(
+        "docker",
+        d.url("docker_repo_url"),
+        codename,
+        d.str_list("docker_repo_components"),
+        "docker",
+        d.url("docker_key_url"),
+        d.sha256_or_none("docker_key_sha256"),
+        url_key="docker_repo_url",
+        key_url_key="docker_key_url",
+    )
+    return {"docker_repo": repo, "docker_packages": d.str_list("docker_packages")}
+
+
+def _rocm(d: HostDataReader, codename: str) -> dict[str, Any]:
+    version = _rocm_version(d)
+    release = ROCM_RELEASES[version]
+    base, key_url = d.url("amd_repo_base_url"), d.url("amd_key_url")
+    key_sha256, pin = d.sha256_or_none("amd_key_sha256"), d.text("amd_apt_pin")
+    keys = {"url_key": "amd_repo_base_url", "key_url_key": "amd_key_url"}
+    repos = tuple(
+        AptRepo(name, f"{base}/{path}", codename, ("main",), "rocm", key_url, key_sha256, pin, **keys)
+        for name, path in (("amdgpu", release.amdgpu_repo_path), ("rocm", release.rocm_repo_path))
+    )
+    return {
+        "rocm_version": version,
+        "rocm_release": release,
+        "driver_repos": repos,
+        "driver_packages": d.str_list("amdgpu_driver_packages"),
+        "runtime_packages": d.str_list("rocm_packages"),
+        "container_toolkit_repo": None,
+        "container_toolkit_packages": (),
+    }
+
+
+def _rocm_version(d: HostDataReader) -> str:
+    chosen = d.get("rocm_version")
+    version = str(chosen) if chosen is not None else stack_value("ROCM_VERSION", "rocm_version")
+    if version not in ROCM_RELEASES:
+        source = "" if chosen is not None else " (ROCM_VERSION in stack.env)"
         raise ProvisionDataError(
-            f"host {d.host_name}: rocm_version {version!r} has no pins; set rocm_version to one of "
+            f"host {d.host_name}: rocm_version {version!r}{source} has no pins; set rocm_version to one of "
             f"{', '.join(ROCM_RELEASES)} in {d.where()}, or add the release to provision/pins.py"
         )
-    base = d.url("amd_repo_base_url")
-    key_url = d.url("amd_key_url")
-    key_sha256 = d.sha256_or_none("amd_key_sha256")
-    pin = d.required("amd_apt_pin")
-    repos = (
-        AptRepo("amdgpu", f"{base}/{release.amdgpu_repo_path}", codename, ("main",), "rocm", key_url, key_sha256, pin),
-        AptRepo("rocm", f"{base}/{release.rocm_repo_path}", codename, ("main",), "rocm", key_url, key_sha256, pin),
-    )
-    return version, release, repos
+    return version
 
 
-def _nvidia(d: _Data) -> tuple[AptRepo, tuple[str, ...], AptRepo]:
-    branch = str(d.required("nvidia_driver_branch"))
+def _nvidia(d: HostDataReader) -> dict[str, Any]:
+    branch = _nvidia_branch(d)
+    cuda_repo = AptRepo(
+        "cuda", d.url("cuda_repo_url"), "/", (), "cuda", d.url("cuda_key_url"), d.sha256_or_none("cuda_key_sha256"),
+        d.text("cuda_apt_pin"), url_key="cuda_repo_url", key_url_key="cuda_key_url",
+    )  # fmt: skip
+    toolkit_repo = AptRepo(
+        "nvidia-container-toolkit", d.url("container_toolkit_repo_url"), "/", (), "nvidia-container-toolkit",
+        d.url("container_toolkit_key_url"), d.sha256_or_none("container_toolkit_key_sha256"),
+        url_key="container_toolkit_repo_url", key_url_key="container_toolkit_key_url",
+    )  # fmt: skip
+    fabricmanager = d.flag("nvidia_fabricmanager")
+    # Fabric Manager must be the driver's own branch (NVIDIA packages it as nvidia-fabricmanager-<branch>).
+    packages = (f"cuda-drivers-{branch}", *((f"nvidia-fabricmanager-{branch}",) if fabricmanager else ()))
+    return {
+        "nvidia_driver_branch": branch,
+        "nvidia_fabricmanager": fabricmanager,
+        "driver_repos": (cuda_repo,),
+        "driver_packages": packages,
+        "runtime_packages": (),
+        "container_toolkit_repo": toolkit_repo,
+        "container_toolkit_packages": d.str_list("container_toolkit_packages"),
+    }
+
+
+def _nvidia_branch(d: HostDataReader) -> str:
+    chosen = d.get("nvidia_driver_branch")
+    branch = str(chosen) if chosen is not None else stack_value("NVIDIA_DRIVER_BRANCH", "nvidia_driver_branch")
     if branch not in NVIDIA_DRIVER_BRANCHES:
+        source = "" if chosen is not None else " (NVIDIA_DRIVER_BRANCH in stack.env)"
         raise ProvisionDataError(
-            f"host {d.host_name}: nvidia_driver_branch {branch!r} is not supported; set it to one of "
+            f"host {d.host_name}: nvidia_driver_branch {branch!r}{source} is not supported; set it to one of "
             f"{', '.join(NVIDIA_DRIVER_BRANCHES)} in {d.where()}, or add the branch to provision/pins.py"
         )
-    cuda_repo = AptRepo(
-        "cuda",
-        d.url("cuda_repo_url"),
-        "/",
-        (),
-        "cuda",
-        d.url("cuda_key_url"),
-        d.sha256_or_none("cuda_key_sha256"),
-        d.required("cuda_apt_pin"),
-    )
-    driver_packages = [f"cuda-drivers-{branch}"]
-    if d.flag("nvidia_fabricmanager"):
-        driver_packages.append(f"nvidia-fabricmanager-{branch}")
-    toolkit_repo = AptRepo(
-        "nvidia-container-toolkit",
-        d.url("container_toolkit_repo_url"),
-        "/",
-        (),
-        "nvidia-container-toolkit",
-        d.url("container_toolkit_key_url"),
-        d.sha256_or_none("container_toolkit_key_sha256"),
-    )
-    return cuda_repo, tuple(driver_packages), toolkit_repo
+    return branch
 
 
-def _tuning(d: _Data, platform: str) -> Tuning:
-    kernel_args = d.str_list("tune_kernel_args")
+def _tuning(d: HostDataReader, platform: str, kernel: str, facts: dict[str, str]) -> Tuning:
+    iommu, realloc_off = d.flag("tune_iommu_passthrough"), d.flag("tune_pci_realloc_off")
     numa_off = d.flag("tune_numa_balancing_off")
-    idle_state = d.int_or_none("tune_disable_cpu_idle_state")
-    if platform != "rocm" and (kernel_args or numa_off or idle_state is not None):
+    idle_state = d.count("tune_disable_cpu_idle_state", optional=True)
+    if platform != "rocm" and (iommu or realloc_off or numa_off or idle_state is not None):
         raise ProvisionDataError(
             f"host {d.host_name}: tune_* settings are AMD's MI300X/MI250 guidance and are only applied to "
             f"mi250/mi300x hosts; remove them from {d.where()}"
         )
-    return Tuning(kernel_args, numa_off, idle_state, d.str_list("tune_cpupower_packages"))
+    vendor = _cpu_vendor(d, facts)  # checked even when unused: a wrong value is a mistake either way
+    kernel_args = ("pci=realloc=off",) if realloc_off else ()
+    if iommu:
+        if vendor is None:
+            raise d.error(
+                "cpu_vendor",
+                f"is None and the host's /proc/cpuinfo gives vendor_id {facts.get('cpu_vendor_id') or 'nothing'!r}, "
+                "so the IOMMU arguments of tune_iommu_passthrough cannot be chosen; set cpu_vendor to amd or intel",
+            )
+        kernel_args += IOMMU_PASSTHROUGH_ARGS[vendor]
+    cpupower = tuple(p.format(kernel=kernel) for p in d.str_list("tune_cpupower_packages"))
+    return Tuning(kernel_args, numa_off, idle_state, cpupower)
 
 
-def resolve(host_name: str, groups: list[str] | set[str], data: Any, facts: dict[str, str]) -> NodeSettings:
-    """Check a host's data and return what the deploys need. `facts` gives kernel (uname -r) and codename."""
-    group = platform_group(host_name, groups)
-    platform = PLATFORM_BY_GROUP[group]
-    d = _Data(host_name, group, data)
+def _cpu_vendor(d: HostDataReader, facts: dict[str, str]) -> str | None:
+    """The CPU vendor (amd, intel) from host data, else from the host's /proc/cpuinfo; None when neither says."""
+    chosen = d.get("cpu_vendor")
+    if chosen is not None:
+        if chosen not in IOMMU_PASSTHROUGH_ARGS:
+            raise d.error("cpu_vendor", f"must be one of {', '.join(IOMMU_PASSTHROUGH_ARGS)} or None (got {chosen!r})")
+        return str(chosen)
+    return CPU_VENDOR_IDS.get(facts.get("cpu_vendor_id", ""))
 
-    codename = d.get("os_codename") or facts.get("codename")
-    if not codename:
-        raise d.error("os_codename", "is not set and the host's /etc/os-release has no VERSION_CODENAME")
-    kernel = facts.get("kernel", "")
 
-    kernel_packages: tuple[str, ...] = ()
-    if d.flag("install_kernel_packages", True):
-        if not kernel:
-            raise d.error("install_kernel_packages", "is True but the host's kernel release could not be read")
-        kernel_packages = tuple(p.format(kernel=kernel) for p in d.str_list("kernel_packages"))
-
-    docker_repo = AptRepo(
-        "docker",
-        d.url("docker_repo_url"),
-        codename,
-        d.str_list("docker_repo_components", ["stable"]),
-        "docker",
-        d.url("docker_key_url"),
-        d.sha256_or_none("docker_key_sha256"),
-    )
-
-    rocm_version = rocm_release = None
-    toolkit_repo = None
-    if platform == "rocm":
-        rocm_version, rocm_release, driver_repos = _rocm(d, codename)
-        driver_packages = d.str_list("amdgpu_driver_packages")
-        runtime_packages = d.str_list("rocm_packages")
-        toolkit_packages: tuple[str, ...] = ()
-    else:
-        cuda_repo, driver_packages, toolkit_repo = _nvidia(d)
-        driver_repos = (cuda_repo,)
-        runtime_packages = ()
-        toolkit_packages = d.str_list("container_toolkit_packages")
-
-    tuning = _tuning(d, platform)
-    tuning = Tuning(
-        tuning.kernel_args,
-        tuning.numa_balancing_off,
-        tuning.disable_cpu_idle_state,
-        tuple(p.format(kernel=kernel) for p in tuning.cpupower_packages),
-    )
-
-    users = d.str_list("gpu_users")
+def _verification(d: HostDataReader, platform: str) -> dict[str, Any]:
     tarball = d.get("kit_image_tarball")
     if tarball is not None and not Path(tarball).is_file():
         raise d.error("kit_image_tarball", f"names {tarball!r}, which is not a file on this (the control) machine")
-
     image_name, image_tag = str(d.required("kit_image_name")), str(d.required("kit_image_tag"))
     if ":" in image_name.rsplit("/", 1)[-1]:
         raise d.error(
             "kit_image_name", f"must be the name without a tag; the tag is kit_image_tag (got {image_name!r})"
         )
-    image = f"{image_name}:{image_tag}"
+    return {
+        "verify_gpus": d.flag("verify_gpus"),
+        "expected_gpu_count": d.count("expected_gpu_count", optional=True),
+        "expected_gpu_archs": _expected_archs(d, platform),
+        "kit_image": f"{image_name}:{image_tag}",
+        "kit_image_tarball": tarball,
+        "verify_kit_image": d.flag("verify_kit_image"),
+        "kit_checks_command": d.text("kit_checks_command"),
+    }
 
-    reboot_timeout = d.int_or_none("reboot_timeout")
-    return NodeSettings(
-        group=group,
-        platform=platform,
-        os_codename=codename,
-        apt_arch=d.required("apt_arch"),
-        in_container_or_chroot=d.flag("in_container_or_chroot"),
-        apt_cache_time=d.int_or_none("apt_cache_time") or 0,
-        gpu_users=users,
-        base_packages=d.str_list("base_packages"),
-        kernel_packages=kernel_packages,
-        driver_repos=driver_repos,
-        driver_packages=driver_packages,
-        runtime_packages=runtime_packages,
-        docker_repo=docker_repo,
-        docker_packages=d.str_list("docker_packages"),
-        container_toolkit_repo=toolkit_repo,
-        container_toolkit_packages=toolkit_packages,
-        tuning=tuning,
-        reboot_timeout=reboot_timeout if reboot_timeout is not None else 900,
-        verify_gpus=d.flag("verify_gpus", True),
-        expected_gpu_count=d.int_or_none("expected_gpu_count"),
-        expected_gpu_archs=d.str_list("expected_gpu_archs"),
-        kit_image=image,
-        kit_image_tarball=tarball,
-        verify_kit_image=d.flag("verify_kit_image", True),
-        kit_checks_command=d.required("kit_checks_command"),
-        rocm_release=rocm_release,
-        rocm_version=rocm_version,
-    )
+
+def _expected_archs(d: HostDataReader, platform: str) -> tuple[str, ...]:
+    """The group's GPU targets, checked for form and against what the image is compiled for (stack.env)."""
+    stack_key = IMAGE_TARGETS[platform]
+    if d.get("expected_gpu_archs") is None:
+        return stack_list(stack_key, "expected_gpu_archs")
+    archs = d.str_list("expected_gpu_archs")
+    pattern, form = ARCH_FORMS[platform]
+    malformed = [arch for arch in archs if not re.fullmatch(pattern, arch)]
+    if malformed:
+        raise d.error("expected_gpu_archs", f"must list {form} for {d.group} hosts (got {', '.join(malformed)})")
+    if archs:
+        image_targets = stack_list(stack_key, "expected_gpu_archs")
+        missing = [arch for arch in archs if arch not in image_targets]
+        if missing:
+            raise d.error(
+                "expected_gpu_archs",
+                f"lists {', '.join(missing)}, which the image is not built for ({stack_key}="
+                f"{';'.join(image_targets)} in stack.env)",
+            )
+    return archs

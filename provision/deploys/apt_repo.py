@@ -1,16 +1,24 @@
-"""A vendor apt repository the modern way: a key under /etc/apt/keyrings, a signed-by source line, an optional pin."""
+"""Vendor apt repositories the modern way (a key under /etc/apt/keyrings, a signed-by source line, an optional pin),
+all written before apt's lists are refreshed, so a source fixed in the data is fixed before apt reads it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.operations import apt, files
-from pyinfra.operations.util import any_changed
+from pyinfra.operations import files
 
+from provision.facts import UrlSha256
+from provision.operations import apt_lists_current
 from provision.settings import AptRepo
+
+# apt reads its configuration as the user who runs it: sources, keys and pins are world-readable, like every
+# file under /etc/apt. A 0600 pin is skipped by `apt-cache policy` run by a user, who then sees Debian's
+# higher-versioned rocminfo as the candidate.
+APT_FILE_MODE = "644"
 
 
 def pin_text(repo: AptRepo) -> str:
@@ -20,40 +28,53 @@ def pin_text(repo: AptRepo) -> str:
     )
 
 
+def _key_sha256(repo: AptRepo) -> str | None:
+    # Without a pinned checksum the key on the node follows what the key URL serves now, so a key URL fixed in
+    # the data (or a key the vendor rotated) replaces the old file instead of leaving apt with the wrong key.
+    return repo.key_sha256 or host.get_fact(UrlSha256, url=repo.key_url)
+
+
 @deploy("Vendor apt repository")
 def vendor_apt_repo(repo: AptRepo, arch: str) -> list[OperationMeta]:
-    """Install the repository's key, source and pin; returns the operations so callers can refresh apt on change."""
+    """Install the repository's key, source and pin; returns the operations so apt can be refreshed on change."""
     changes = [
         files.directory(name="/etc/apt/keyrings exists", path="/etc/apt/keyrings", mode="755"),
         files.download(
             name=f"Signing key for {repo.name} ({repo.key_url})",
             src=repo.key_url,
             dest=repo.keyring_path,
-            sha256sum=repo.key_sha256,
-            mode="644",
+            sha256sum=_key_sha256(repo),
+            mode=APT_FILE_MODE,
         ),
         files.put(
             name=f"apt source {repo.name}: {repo.url} {repo.suite}",
             src=StringIO(repo.source_line(arch) + "\n"),
             dest=f"/etc/apt/sources.list.d/{repo.name}.list",
-            mode="644",
+            mode=APT_FILE_MODE,
         ),
     ]
     pin_path = f"/etc/apt/preferences.d/{repo.name}.pref"
     if repo.pin:
         # Without the pin apt may prefer the distribution's own builds: Debian/Ubuntu ship rocminfo, hipcc and
         # NVIDIA driver packages with higher version numbers than the vendor's.
-        changes.append(
-            files.put(name=f"apt pin {repo.name} ({repo.pin_priority})", src=StringIO(pin_text(repo)), dest=pin_path)
+        pin = files.put(
+            name=f"apt pin {repo.name} ({repo.pin_priority})",
+            src=StringIO(pin_text(repo)),
+            dest=pin_path,
+            mode=APT_FILE_MODE,
         )
+        changes.append(pin)
     else:
         changes.append(files.file(name=f"No apt pin for {repo.name}", path=pin_path, present=False))
     return changes
 
 
-def vendor_apt_repos(repos: Iterable[AptRepo], arch: str, *, what: str) -> None:
-    """Install each repository, then refresh apt's lists only if one of them changed (so a second run is clean)."""
+@deploy("Vendor apt repositories and package lists")
+def apt_sources(repos: Iterable[AptRepo], arch: str, cache_time: int) -> None:
+    """Every vendor source first, then one refresh: an update never runs against a source this run will rewrite."""
     changes: list[OperationMeta] = []
-    for repo in repos:
+    # host.loop: hosts of different vendors run this loop over different repositories; pyinfra needs the loop
+    # position to keep the operation order consistent across them.
+    for repo in host.loop(list(repos)):
         changes.extend(vendor_apt_repo(repo, arch))
-    apt.update(name=f"apt lists include {what}", _if=any_changed(*changes))
+    apt_lists_current(name="apt package lists are current (every source)", sources=changes, cache_time=cache_time)

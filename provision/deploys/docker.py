@@ -1,17 +1,15 @@
-"""Docker Engine with the Compose and buildx plugins from Docker's repository."""
+"""Docker Engine with the Compose and buildx plugins from Docker's repository (written by apt_repo.apt_sources)."""
 
 from __future__ import annotations
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, server, systemd
 
-from provision.deploys.apt_repo import vendor_apt_repos
 from provision.settings import NodeSettings
 
 
 @deploy("Docker Engine")
 def docker_engine(settings: NodeSettings) -> None:
-    vendor_apt_repos([settings.docker_repo], settings.apt_arch, what="Docker's repository")
     apt.packages(name="Docker Engine, CLI, containerd, buildx and compose", packages=list(settings.docker_packages))
 
     # Membership of the docker group is root on this host in all but name (a member can mount / into a

@@ -1,4 +1,6 @@
-"""NVIDIA's data-centre driver from the CUDA repository and the NVIDIA Container Toolkit."""
+"""NVIDIA's data-centre driver from the CUDA repository, Fabric Manager on NVSwitch boards, the Container Toolkit.
+
+The repositories themselves are written by apt_repo.apt_sources before apt's lists are refreshed."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import apt, systemd
 
-from provision.deploys.apt_repo import vendor_apt_repos
 from provision.operations import docker_nvidia_runtime
 from provision.settings import NodeSettings
 
@@ -14,15 +15,30 @@ from provision.settings import NodeSettings
 @deploy("NVIDIA driver")
 def nvidia_driver(settings: NodeSettings) -> OperationMeta:
     """Returns the driver install operation: a reboot is due when it changed."""
-    vendor_apt_repos(settings.driver_repos, settings.apt_arch, what="NVIDIA's CUDA repository")
-    return apt.packages(name="NVIDIA driver branch (cuda-drivers-<branch>)", packages=list(settings.driver_packages))
+    driver = apt.packages(
+        name=f"NVIDIA driver branch {settings.nvidia_driver_branch} (cuda-drivers-<branch>)",
+        packages=list(settings.driver_packages),
+    )
+    return driver
+
+
+@deploy("NVIDIA Fabric Manager")
+def nvidia_fabricmanager_running(settings: NodeSettings) -> None:
+    """NVSwitch boards (HGX/DGX A100, H100): the GPUs stay uninitialised until Fabric Manager runs, and NVIDIA's
+    package neither enables nor starts it. Called after the driver reboot, when the new kernel module is loaded."""
+    if not settings.nvidia_fabricmanager or settings.in_container_or_chroot:
+        return
+    systemd.service(
+        name="NVIDIA Fabric Manager runs and starts at boot",
+        service="nvidia-fabricmanager",
+        running=True,
+        enabled=True,
+    )
 
 
 @deploy("NVIDIA Container Toolkit")
 def nvidia_container_toolkit(settings: NodeSettings) -> None:
     """Needs Docker installed first: nvidia-ctk writes Docker's daemon.json."""
-    assert settings.container_toolkit_repo is not None
-    vendor_apt_repos([settings.container_toolkit_repo], settings.apt_arch, what="the Container Toolkit repository")
     apt.packages(name="NVIDIA Container Toolkit", packages=list(settings.container_toolkit_packages))
     runtime = docker_nvidia_runtime(name="Docker knows the nvidia runtime")
     if not settings.in_container_or_chroot:

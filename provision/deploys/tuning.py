@@ -1,4 +1,4 @@
-"""AMD's MI300X system settings (opt-in, see group_data/mi300x.py): kernel arguments, NUMA balancing, CPU idle."""
+"""AMD's Instinct system settings (opt-in, see group_data/all.py): kernel arguments, NUMA balancing, CPU idle."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ CPUIDLE_UNIT = "clinical-kit-cpuidle.service"
 
 
 def grub_drop_in(kernel_args: tuple[str, ...]) -> str:
-    # A drop-in that appends, so the site's own /etc/default/grub stays untouched and this file alone can be removed.
+    # A drop-in that appends to GRUB_CMDLINE_LINUX, as AMD's guide edits it: that variable reaches every boot
+    # entry (GRUB_CMDLINE_LINUX_DEFAULT skips recovery ones). The site's /etc/default/grub stays untouched and
+    # this file alone can be removed; update-grub sources /etc/default/grub.d/*.cfg after /etc/default/grub.
     args = " ".join(kernel_args)
     return (
-        "# Written by provision/ (clinical-finetune-kit): AMD MI300X kernel arguments (tune_kernel_args).\n"
-        f'GRUB_CMDLINE_LINUX_DEFAULT="${{GRUB_CMDLINE_LINUX_DEFAULT}} {args}"\n'
+        "# Written by provision/ (clinical-finetune-kit): kernel arguments from AMD's Instinct tuning guides\n"
+        "# (tune_iommu_passthrough, tune_pci_realloc_off).\n"
+        f'GRUB_CMDLINE_LINUX="${{GRUB_CMDLINE_LINUX}} {args}"\n'
     )
 
 
@@ -58,8 +61,7 @@ def mi300x_tuning(settings: NodeSettings) -> list[OperationMeta]:
         files.put(
             name="NUMA balancing off at boot",
             src=StringIO(
-                "# Written by provision/ (clinical-finetune-kit): tune_numa_balancing_off\n"
-                "kernel.numa_balancing = 0\n"
+                "# Written by provision/ (clinical-finetune-kit): tune_numa_balancing_off\nkernel.numa_balancing = 0\n"
             ),
             dest=SYSCTL_FILE,
             mode="644",

@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the provision package
 
-from . import fake_repo  # noqa: E402
-from .provision_harness import chroot_skip_reason  # noqa: E402
+from . import fake_repo
+from .provision_harness import chroot_skip_reason
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from pyinfra.api.operations import run_ops
 from pyinfra.connectors.fake import FakeConnector
 
 from provision import settings as node_settings
+from provision.facts import settings_facts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GROUP_DATA = REPO_ROOT / "provision" / "group_data"
@@ -27,6 +28,7 @@ HOST = "@fake/node-01"
 KERNEL = "6.8.0-45-generic"
 
 UBUNTU_2204 = {
+    "curl --head": "ok",  # every repository and key URL answers the check made before any change
     "uname -s": "Linux",
     "uname -r": KERNEL,
     "for file in $(ls -pdL *-release": [
@@ -37,6 +39,7 @@ UBUNTU_2204 = {
         "VERSION_CODENAME=jammy",
         "---",
     ],
+    "/proc/cpuinfo": "vendor_id\t: AuthenticAMD",
 }
 
 
@@ -45,7 +48,7 @@ def group_data(group: str) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name in ("all", group):
         namespace: dict[str, Any] = {}
-        exec(compile((GROUP_DATA / f"{name}.py").read_text(), str(GROUP_DATA / f"{name}.py"), "exec"), namespace)
+        exec(compile((GROUP_DATA / f"{name}.py").read_text(), str(GROUP_DATA / f"{name}.py"), "exec"), namespace)  # noqa: S102
         data.update({key: value for key, value in namespace.items() if not key.startswith("__")})
     return data
 
@@ -78,7 +81,8 @@ def run_deploy(
     host_data = group_data(group)
     host_data.update(data or {})
     host_data.update(
-        fake_responses={**(responses or {}), **UBUNTU_2204},  # the test's responses win: they are matched first
+        # The test's responses win: they come first (matched first) and replace a default of the same key.
+        fake_responses={**(responses or {}), **{k: v for k, v in UBUNTU_2204.items() if k not in (responses or {})}},
         fake_delay=0,
         fake_delay_jitter=0,
     )
@@ -98,7 +102,7 @@ def run_deploy(
     ):
         connect_all(state)
         host = inventory.get_host(HOST)
-        settings = node_settings.resolve(host.name, host.groups, host.data, {"kernel": KERNEL, "codename": "jammy"})
+        settings = node_settings.resolve(host.name, host.groups, host.data, settings_facts(host))
         results = add_deploy(state, deploy, *args(settings))
         run_ops(state)
     return FakeRun(list(host.connector.executed_commands), uploads, state, settings, results or [])

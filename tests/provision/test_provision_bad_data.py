@@ -15,7 +15,14 @@ pytestmark = pytest.mark.skipif(not PYINFRA.exists(), reason=f"pyinfra is not in
 FAKE_UBUNTU = {
     "fake_delay": 0,
     "fake_delay_jitter": 0,
-    "fake_responses": {"uname -r": "6.8.0-45-generic", "uname -s": "Linux"},
+    # Every repository and key URL answers the HEAD request made before any change.
+    # The driver "changes", so the control run reboots: uptime is read before and after (equal: it came back).
+    "fake_responses": {
+        "uname -r": "6.8.0-45-generic",
+        "uname -s": "Linux",
+        "curl --head": "ok",
+        "/proc/uptime": "86400",
+    },
     "os_codename": "jammy",
     "verify_gpus": False,
     "verify_kit_image": False,
@@ -52,8 +59,10 @@ def test_good_data_runs_to_the_end(tmp_path):
         ),
         (
             node(rocm_version="6.2.0"),
-            "rocm_version '6.2.0' has no pins; set rocm_version to one of 6.1.0, 6.1.1, 6.1.2, 6.1.3 in "
-            "provision/group_data/mi300x.py",
+            (
+                "rocm_version '6.2.0' has no pins; set rocm_version to one of 6.1.0, 6.1.1, 6.1.2, 6.1.3 in "
+                "provision/group_data/mi300x.py"
+            ),
         ),
         (
             node(amd_key_url=None),
@@ -91,6 +100,55 @@ def test_good_data_runs_to_the_end(tmp_path):
             node(kit_image_tarball="/nonexistent/kit.tar"),
             "kit_image_tarball names '/nonexistent/kit.tar', which is not a file on this (the control) machine",
         ),
+        (
+            node(tune_numa_balancing=True),
+            "unknown setting 'tune_numa_balancing' (did you mean tune_numa_balancing_off?)",
+        ),
+        (
+            node("nvidia", nvidia_fabric_manager=True),
+            "unknown setting 'nvidia_fabric_manager' (did you mean nvidia_fabricmanager?)",
+        ),
+        (
+            node(expected_gpu_archs=["MI300X"]),
+            "expected_gpu_archs must list gfx names such as gfx942 for mi300x hosts (got MI300X)",
+        ),
+        (
+            node("nvidia", expected_gpu_archs=["sm_90"]),
+            'expected_gpu_archs must list such as "9.0" for nvidia hosts (got sm_90)',
+        ),
+        (
+            node(expected_gpu_archs=["gfx1100"]),
+            "expected_gpu_archs lists gfx1100, which the image is not built for (ROCM_GPU_ARCHS=",
+        ),
+        (
+            node(cpu_vendor="arm"),
+            "cpu_vendor must be one of amd, intel or None (got 'arm')",
+        ),
+        (
+            node(tune_iommu_passthrough=True, fake_responses={**FAKE_UBUNTU["fake_responses"], "/proc/cpuinfo": ""}),
+            "cpu_vendor is None and the host's /proc/cpuinfo gives vendor_id 'nothing'",
+        ),
+        (
+            node(
+                docker_repo_url="http://127.0.0.1:9/docker",
+                fake_responses={
+                    "-o /dev/null http://127.0.0.1:9/docker": "curl: (7) Failed to connect to 127.0.0.1 port 9",
+                    **FAKE_UBUNTU["fake_responses"],
+                },
+            ),
+            (
+                "host @fake/node-01: cannot reach from the host, before any change: docker_repo_url: "
+                "http://127.0.0.1:9/docker/dists/jammy/Release (curl: (7) Failed to connect to 127.0.0.1 port 9)"
+            ),
+        ),
+        (
+            {"mi250": [], "mi300x": None, "nvidia": []},
+            "no hosts: every group (mi250, mi300x, nvidia) is empty",
+        ),
+        (
+            {},
+            "no hosts: every group (mi250, mi300x, nvidia) is empty",
+        ),
     ],
     ids=[
         "unknown-group",
@@ -105,6 +163,16 @@ def test_good_data_runs_to_the_end(tmp_path):
         "image-name-with-tag",
         "missing-user",
         "missing-tarball",
+        "typo-numa-switch",
+        "typo-fabric-manager",
+        "arch-as-marketing-name",
+        "arch-as-sm-name",
+        "arch-the-image-lacks",
+        "unknown-cpu-vendor",
+        "iommu-without-cpu-vendor",
+        "unreachable-repository",
+        "empty-groups",
+        "empty-inventory",
     ],
 )
 def test_bad_data_stops_before_any_operation_with_what_to_set(tmp_path, groups, message):

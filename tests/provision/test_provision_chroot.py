@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from . import fake_repo
 from .provision_harness import (
     GPU_USER,
     Totals,
@@ -24,8 +26,6 @@ from .provision_harness import (
     run_pyinfra,
     write_hosts_file,
 )
-
-from . import fake_repo
 
 pytestmark = [pytest.mark.chroot, pytest.mark.slow]
 
@@ -53,6 +53,7 @@ def installed(root: Path, package: str) -> str | None:
     """Version of an installed package in the root, or None."""
     result = subprocess.run(
         ["chroot", str(root), "dpkg-query", "-W", "-f", "${Status} ${Version}", package],
+        check=False,  # not installed: dpkg-query exits 1
         capture_output=True,
         text=True,
     )
@@ -124,8 +125,20 @@ def test_amd_repositories_keyring_sources_and_pins(deployment):
         f"{signed} {base}/amd/rocm/apt/6.1.2 bookworm main\n"
     )
     for repo in ("amdgpu", "rocm"):
-        pin = (root / f"etc/apt/preferences.d/{repo}.pref").read_text()
-        assert "Package: *\nPin: release o=repo.radeon.com\nPin-Priority: 600\n" in pin
+        pin = root / f"etc/apt/preferences.d/{repo}.pref"
+        assert "Package: *\nPin: release o=repo.radeon.com\nPin-Priority: 600\n" in pin.read_text()
+        assert pin.stat().st_mode & 0o777 == 0o644  # apt run by a user must read it, or Debian's rocminfo wins
+
+
+def test_pins_hold_for_apt_run_by_an_ordinary_user(deployment):
+    # The candidate an ordinary user's apt sees: with an unreadable pin it would be Debian's higher 5.2.3.
+    policy = subprocess.run(
+        ["chroot", "--userspec", f"{GPU_USER}:{GPU_USER}", str(deployment.amd), "apt-cache", "policy", "rocminfo"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Candidate: 1.0.0.60102-1" in policy, policy
 
 
 def test_amd_packages_come_from_amds_repository(deployment):
@@ -145,12 +158,20 @@ def test_amd_device_access_and_library_path(deployment):
     assert 'KERNEL=="kfd", GROUP="render", MODE="0660"' in rules
     assert 'SUBSYSTEM=="drm", KERNEL=="renderD*", GROUP="render", MODE="0660"' in rules
     assert (root / "etc/ld.so.conf.d/rocm.conf").read_text().splitlines() == ["/opt/rocm/lib", "/opt/rocm/lib64"]
+    # AMD's post-install PATH step, checked the way a user gets it: a login shell.
+    path = subprocess.run(
+        ["chroot", str(root), "su", "-l", GPU_USER, "-s", "/bin/sh", "-c", "echo $PATH"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "/opt/rocm/bin" in path.split(":")[-1], path
 
 
 def test_mi300x_tuning_files_written_but_nothing_live(deployment):
     root = deployment.amd
     grub = (root / "etc/default/grub.d/90-clinical-kit.cfg").read_text()
-    assert 'GRUB_CMDLINE_LINUX_DEFAULT="${GRUB_CMDLINE_LINUX_DEFAULT} pci=realloc=off amd_iommu=on iommu=pt"' in grub
+    assert 'GRUB_CMDLINE_LINUX="${GRUB_CMDLINE_LINUX} pci=realloc=off iommu=pt"' in grub
     assert "kernel.numa_balancing = 0" in (root / "etc/sysctl.d/90-clinical-kit-numa.conf").read_text()
     unit = (root / "etc/systemd/system/clinical-kit-cpuidle.service").read_text()
     assert "ExecStart=/usr/bin/cpupower idle-set -d 2" in unit

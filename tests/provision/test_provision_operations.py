@@ -7,14 +7,19 @@ on the commands pyinfra executed and the files it uploaded (see fakehost.py).
 from __future__ import annotations
 
 import pytest
+from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 
-from .fakehost import run_deploy
+from provision.deploys.apt_repo import apt_sources
 from provision.deploys.docker import docker_engine
-from provision.deploys.nvidia import nvidia_container_toolkit
+from provision.deploys.nvidia import nvidia_container_toolkit, nvidia_fabricmanager_running
+from provision.deploys.rocm import PROFILE_FILE, UDEV_RULES_FILE, rocm
 from provision.deploys.tuning import CPUIDLE_UNIT, GRUB_DROP_IN, SYSCTL_FILE, mi300x_tuning
 from provision.deploys.verify import reboot_if_needed, verify
 from provision.facts import EXIT_MARKER, parse_rocminfo
+from provision.operations import apt_lists_current
+
+from .fakehost import run_deploy
 
 ROCMINFO_MI300X = """\
 ROCk module is loaded
@@ -47,7 +52,8 @@ Agent 3
 """
 
 TUNING_ON = {
-    "tune_kernel_args": ["pci=realloc=off", "amd_iommu=on", "iommu=pt"],
+    "tune_iommu_passthrough": True,
+    "tune_pci_realloc_off": True,
     "tune_numa_balancing_off": True,
     "tune_disable_cpu_idle_state": 2,
 }
@@ -78,8 +84,8 @@ def test_rocminfo_without_rocm_is_empty():
 def test_tuning_on_a_live_host_writes_grub_sysctl_and_unit_and_applies_them():
     run = run_deploy("mi300x", mi300x_tuning, data=TUNING_ON)
 
-    assert "pci=realloc=off amd_iommu=on iommu=pt" in run.uploads[GRUB_DROP_IN]
-    assert "${GRUB_CMDLINE_LINUX_DEFAULT}" in run.uploads[GRUB_DROP_IN]  # appends, keeps the site's own args
+    # An AMD CPU (the fake host's /proc/cpuinfo): AMD's guide gives iommu=pt, not amd_iommu=on.
+    assert 'GRUB_CMDLINE_LINUX="${GRUB_CMDLINE_LINUX} pci=realloc=off iommu=pt"' in run.uploads[GRUB_DROP_IN]
     assert "kernel.numa_balancing = 0" in run.uploads[SYSCTL_FILE]
     assert "ExecStart=/usr/bin/cpupower idle-set -d 2" in run.uploads[f"/etc/systemd/system/{CPUIDLE_UNIT}"]
     assert run.ran("update-grub")
@@ -206,7 +212,9 @@ def test_gpu_check_fails_with_what_was_found(data, problem):
 
 
 def test_gpu_check_without_rocm_reports_no_gpu():
-    run = run_deploy("mi300x", verify, data=NO_VERIFY_IMAGE, responses={"command -v rocminfo": "##PYINFRA_NOCMD##"})
+    run = run_deploy(
+        "mi300x", verify, data=NO_VERIFY_IMAGE, responses={"command -v /opt/rocm/bin/rocminfo": "##PYINFRA_NOCMD##"}
+    )
     assert run.ran("no GPU found")
 
 
@@ -249,7 +257,9 @@ def test_failed_checks_fail_the_host_with_their_output():
     assert run.ran("docker pull clinical-finetune-kit:latest-cuda")
     [checks] = [command for command in run.commands if "docker run" in command]
     assert "--gpus all --ipc host" in checks
-    assert run.ran("checks failed in clinical-finetune-kit:latest-cuda (exit 1)") and run.ran("torch_gpu: FAIL no device")
+    assert run.ran("checks failed in clinical-finetune-kit:latest-cuda (exit 1)") and run.ran(
+        "torch_gpu: FAIL no device"
+    )
 
 
 def test_air_gapped_image_is_uploaded_and_loaded_instead_of_pulled(tmp_path):
@@ -264,3 +274,136 @@ def test_air_gapped_image_is_uploaded_and_loaded_instead_of_pulled(tmp_path):
     assert "/var/lib/clinical-kit/images/kit-rocm.tar" in run.uploads
     assert run.ran("docker load -i /var/lib/clinical-kit/images/kit-rocm.tar")
     assert not run.ran("docker pull")
+
+
+def test_rocminfo_is_called_by_full_path():
+    # pyinfra's shell is not a login shell: /opt/rocm/bin is not on its PATH on a correctly installed node.
+    run = run_deploy("mi300x", verify, data=NO_VERIFY_IMAGE, responses={"rocminfo": ROCMINFO_MI300X})
+    assert run.ran("/opt/rocm/bin/rocminfo")
+    assert not any(command.startswith("rocminfo") for command in run.commands)
+
+
+# --- kernel arguments follow the CPU vendor ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "data", "expected"),
+    [
+        ("vendor_id\t: AuthenticAMD", {}, "pci=realloc=off iommu=pt"),
+        ("vendor_id\t: GenuineIntel", {}, "pci=realloc=off intel_iommu=on iommu=pt"),
+        ("", {"cpu_vendor": "intel"}, "pci=realloc=off intel_iommu=on iommu=pt"),  # a host data override
+        ("vendor_id\t: AuthenticAMD", {"tune_pci_realloc_off": False}, "iommu=pt"),
+    ],
+    ids=["amd-cpu", "intel-cpu", "vendor-from-data", "iommu-only"],
+)
+def test_iommu_arguments_follow_the_cpu_vendor_through_grub_cmdline_linux(cpuinfo, data, expected):
+    run = run_deploy("mi300x", mi300x_tuning, data={**TUNING_ON, **data}, responses={"/proc/cpuinfo": cpuinfo})
+    assert f'GRUB_CMDLINE_LINUX="${{GRUB_CMDLINE_LINUX}} {expected}"\n' in run.uploads[GRUB_DROP_IN]
+    assert "amd_iommu" not in run.uploads[GRUB_DROP_IN] and "_DEFAULT" not in run.uploads[GRUB_DROP_IN]
+    assert run.ran("update-grub")
+
+
+def test_iommu_passthrough_without_a_known_cpu_vendor_is_an_error():
+    with pytest.raises(ValueError, match="cpu_vendor is None and the host's /proc/cpuinfo gives vendor_id 'nothing'"):
+        run_deploy("mi300x", mi300x_tuning, data=TUNING_ON, responses={"/proc/cpuinfo": ""})
+
+
+def test_the_retired_kernel_argument_list_says_what_replaced_it():
+    with pytest.raises(ValueError, match="tune_kernel_args was replaced by tune_iommu_passthrough"):
+        run_deploy("mi300x", mi300x_tuning, data={"tune_kernel_args": ["iommu=pt"]})
+
+
+# --- ROCm device access and paths ------------------------------------------------------------------------------------
+
+
+def test_udev_rules_are_reloaded_and_triggered_on_a_live_host():
+    run = run_deploy("mi300x", rocm)
+    assert 'KERNEL=="kfd", GROUP="render", MODE="0660"' in run.uploads[UDEV_RULES_FILE]
+    reload_at = next(i for i, command in enumerate(run.commands) if "udevadm control --reload" in command)
+    trigger_at = next(i for i, command in enumerate(run.commands) if "udevadm trigger" in command)
+    assert reload_at < trigger_at  # the new rules are loaded before they are applied to present devices
+
+
+def test_udev_is_left_alone_in_a_chroot():
+    run = run_deploy("mi300x", rocm, data={"in_container_or_chroot": True})
+    assert UDEV_RULES_FILE in run.uploads and not run.ran("udevadm")
+
+
+def test_rocm_tools_are_on_users_path():
+    run = run_deploy("mi300x", rocm)
+    assert "/opt/rocm/bin" in run.uploads[PROFILE_FILE]
+    assert run.ran(f"chmod 644 {PROFILE_FILE}")
+
+
+# --- NVIDIA Fabric Manager -------------------------------------------------------------------------------------------
+
+
+def test_fabric_manager_is_enabled_and_started_on_nvswitch_nodes():
+    run = run_deploy("nvidia", nvidia_fabricmanager_running, data={"nvidia_fabricmanager": True})
+    assert run.ran("systemctl start nvidia-fabricmanager.service")
+    assert run.ran("systemctl enable nvidia-fabricmanager.service")
+
+
+@pytest.mark.parametrize(
+    "data", [{"nvidia_fabricmanager": False}, {"nvidia_fabricmanager": True, "in_container_or_chroot": True}]
+)
+def test_fabric_manager_service_is_left_alone_without_nvswitch_or_in_a_chroot(data):
+    assert not run_deploy("nvidia", nvidia_fabricmanager_running, data=data).ran("nvidia-fabricmanager")
+
+
+def test_fabric_manager_package_matches_the_driver_branch():
+    run = run_deploy("nvidia", nvidia_fabricmanager_running, data={"nvidia_fabricmanager": True})
+    branch = run.settings.nvidia_driver_branch
+    assert run.settings.driver_packages == (f"cuda-drivers-{branch}", f"nvidia-fabricmanager-{branch}")
+
+
+# --- apt: every source before the lists are refreshed ----------------------------------------------------------------
+
+STAMP_CHECK = "update-success-stamp"
+
+
+@deploy("apt lists")
+def _apt_lists(changed: list[OperationMeta]) -> None:
+    apt_lists_current(name="apt lists", sources=changed, cache_time=3600)
+
+
+@pytest.mark.parametrize(
+    ("sources", "stamp_state", "expect_update"),
+    [
+        ([completed(True)], "", True),  # a source changed in this run: refresh even if the lists look fresh
+        ([completed(False)], "sources changed", True),  # a file newer than the last good refresh (earlier failure)
+        ([completed(False)], "older than 3600 s", True),
+        ([completed(False)], "missing", True),
+        ([completed(False)], "", False),
+    ],
+    ids=["changed-now", "changed-before", "aged", "never-updated", "fresh"],
+)
+def test_apt_lists_are_refreshed_strictly_when_a_source_changed_or_they_aged(sources, stamp_state, expect_update):
+    run = run_deploy("mi300x", _apt_lists, responses={STAMP_CHECK: stamp_state}, args=lambda settings: (sources,))
+    assert run.ran("apt-get update --error-on=any") is expect_update
+
+
+def test_vendor_sources_are_all_written_before_the_one_apt_update():
+    @deploy("sources")
+    def sources(settings):
+        apt_sources(settings.apt_repos, settings.apt_arch, settings.apt_cache_time)
+
+    run = run_deploy("nvidia", sources)
+    update_at = [i for i, command in enumerate(run.commands) if "apt-get update" in command]
+    written_at = [i for i, command in enumerate(run.commands) if "/etc/apt/sources.list.d/" in command]
+    assert len(update_at) == 1 and written_at and max(written_at) < update_at[0]
+    assert set(run.uploads) >= {
+        "/etc/apt/sources.list.d/cuda.list",
+        "/etc/apt/sources.list.d/docker.list",
+        "/etc/apt/sources.list.d/nvidia-container-toolkit.list",
+    }
+
+
+def test_pin_files_are_world_readable():
+    @deploy("sources")
+    def sources(settings):
+        apt_sources(settings.apt_repos, settings.apt_arch, settings.apt_cache_time)
+
+    run = run_deploy("mi300x", sources)
+    for pin in ("/etc/apt/preferences.d/amdgpu.pref", "/etc/apt/preferences.d/rocm.pref"):
+        assert pin in run.uploads and run.ran(f"chmod 644 {pin}"), pin
