@@ -39,7 +39,7 @@ def choose_precision(recipe: Recipe, device: torch.device) -> str:
     wanted = recipe.train.precision
     if wanted == "auto":
         return "bf16" if gpu_has_bf16(device) else "fp32"
-    if wanted == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if wanted == "bf16" and device.type == "cuda" and not gpu_has_bf16(device):
         raise UnsupportedError("train.precision is 'bf16' but this GPU has no bf16 support; use precision: auto")
     return wanted
 
