@@ -4,10 +4,9 @@
     -> setup_optimizer -> restore_state (--resume) -> evaluate_before -> train (train_step per optimizer step)
     -> save -> evaluate_after -> build_report -> write_report
 
-Our own loop rather than the HF Trainer: the Trainer's loss normalization differs between transformers 4.57 and
-5.x (transformers' release notes for 5.0 changed how the loss is averaged over gradient accumulation), it cannot
-apply the output layer only at answer positions (halves the cost of a step on a small model), and a loop this size
-is easier to audit than the Trainer's callbacks. Multi-GPU: launch with ``torchrun --nproc-per-node N``; each rank
+Our own loop rather than the HF Trainer: the Trainer's reported loss differs between transformers 4.57 and 5.x for
+the same rows (a change in how it normalizes), it cannot apply the output layer only at answer positions (halves
+the cost of a step on a small model), and a loop this size is easier to audit than the Trainer's callbacks. Multi-GPU: launch with ``torchrun --nproc-per-node N``; each rank
 takes ``train.batch_size`` examples per micro-step (the seed recipe's "batch 8 per GPU"), gradients are averaged by
 DDP, and rank 0 alone writes checkpoints, report and progress.
 """
