@@ -17,7 +17,7 @@ import importlib.util
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -96,7 +96,7 @@ def _loading(name: str, load: Any) -> Any:
         ) from exc
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer with a pad token (EOS when the model has none: labels mask padding anyway).
 
     Loaded through ``compat.auto_tokenizer`` (transformers 4.57 cannot read a tokenizer saved by 5.x otherwise).
@@ -150,7 +150,8 @@ def choose_attention(requested: str, device: torch.device, dtype: torch.dtype) -
         return "flash_attention_2", "auto: flash_attn imports, GPU, 16-bit compute"
     if not fa_ok:
         return "sdpa", f"auto: {why_not}"
-    return "sdpa", f"auto: FlashAttention 2 needs a GPU and 16-bit compute (device {device.type}, {SHORT_NAMES.get(dtype)})"
+    return "sdpa", (f"auto: FlashAttention 2 needs a GPU and 16-bit compute "
+                     f"(device {device.type}, {SHORT_NAMES.get(dtype)})")
 
 
 def four_bit_support(recipe: Recipe, device: torch.device) -> Optional[str]:
@@ -329,7 +330,8 @@ def lora_parameters(model: Any) -> list[tuple[str, torch.Tensor]]:
     return [(n, p) for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 
 
-def adapters_without_gradient(model: Any, loss_fn, batch: dict[str, torch.Tensor]) -> list[str]:
+def adapters_without_gradient(model: Any, loss_fn: Callable[[Any, dict], torch.Tensor],
+                              batch: dict[str, torch.Tensor]) -> list[str]:
     """Names of LoRA matrices that get no (or a non-finite) gradient from one forward/backward on ``batch``.
 
     Why a separate probe rather than looking at the first real step: LoRA's B matrices start at zero, so at the
@@ -369,7 +371,9 @@ def adapters_without_gradient(model: Any, loss_fn, batch: dict[str, torch.Tensor
             p.grad = None
 
 
-def load_for_eval(model_path: str, adapter: Optional[str] = None, *, device: Optional[torch.device] = None):
+def load_for_eval(
+    model_path: str, adapter: Optional[str] = None, *, device: Optional[torch.device] = None
+) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer): the base model, with a trained LoRA adapter merged in when given."""
     from transformers import AutoModelForCausalLM
 

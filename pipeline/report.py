@@ -137,7 +137,8 @@ def redact(text: str, environ: Optional[dict[str, str]] = None) -> str:
 def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(output_dir / "report.json", redact(json.dumps(report, indent=2, sort_keys=False, default=str)) + "\n")
+    text = json.dumps(report, indent=2, sort_keys=False, default=str)
+    atomic.write_text(output_dir / "report.json", redact(text) + "\n")
     atomic.write_text(output_dir / "report.md", redact(render_markdown(report)))
 
 

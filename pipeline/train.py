@@ -6,9 +6,10 @@
 
 Our own loop rather than the HF Trainer: the Trainer's reported loss differs between transformers 4.57 and 5.x for
 the same rows (a change in how it normalizes), it cannot apply the output layer only at answer positions (halves
-the cost of a step on a small model), and a loop this size is easier to audit than the Trainer's callbacks. Multi-GPU: launch with ``torchrun --nproc-per-node N``; each rank
-takes ``train.batch_size`` examples per micro-step (the seed recipe's "batch 8 per GPU"), gradients are averaged by
-DDP, and rank 0 alone writes checkpoints, report and progress.
+the cost of a step on a small model), and a loop this size is easier to audit than the Trainer's callbacks.
+Multi-GPU: launch with ``torchrun --nproc-per-node N``; each rank takes ``train.batch_size`` examples per micro-step
+(the seed recipe's "batch 8 per GPU"), gradients are averaged by DDP, and rank 0 alone writes checkpoints, report
+and progress.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pipeline.distributed import Dist, setup_distributed
 from pipeline.loss import AnswerLoss, mean_answer_loss
 from pipeline.model import (
     AdapterGradientError,
+    ModelInfo,
     adapters_without_gradient,
     choose_device,
     load_for_training,
@@ -104,6 +106,19 @@ class FineTuneRun:
 
     Each step reads and sets attributes on ``self`` (the run's state); a step only uses what earlier steps set.
     """
+
+    # Set by the steps, in this order:
+    data: Data  # setup_data
+    model: Any  # setup_model (the peft model), with tokenizer, info (ModelInfo), examples, batcher, guard_note
+    tokenizer: Any
+    info: ModelInfo
+    examples: list[dict[str, Any]]
+    batcher: Any  # batching.LengthGroupedBatches (imported where used: torch-free modules stay light)
+    guard_note: str
+    params: list[torch.nn.Parameter]  # setup_optimizer, with optimizer and scheduler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_module: torch.nn.Module  # train: AnswerLoss, wrapped in DDP under torchrun
 
     def __init__(self, recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
                  plain: Optional[bool] = None, on_step: Optional[Callable[[int, float], None]] = None):
