@@ -479,14 +479,6 @@ def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
 
 
 def _free(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
