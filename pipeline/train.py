@@ -1,92 +1,48 @@
-"""``finetune(recipe)``: the whole QLoRA run in one readable file (torchtune-recipe style).
+"""``finetune(recipe)``: the whole QLoRA run as one small object whose steps read top to bottom (torchtune style).
 
-    data -> model (4-bit or fallback, LoRA) -> adapter-gradient guard -> [eval before] -> training loop
-    (grad accumulation, autocast, clipping, schedule, checkpoints) -> adapter -> [eval after] -> report
+    FineTuneRun: prepare_output -> setup_data -> setup_model (load, LoRA, adapter-gradient guard, fallback)
+    -> setup_optimizer -> restore_state (--resume) -> evaluate_before -> train (train_step per optimizer step)
+    -> save -> evaluate_after -> build_report -> write_report
 
-Our own loop rather than the HF Trainer: the Trainer's loss normalization differs between transformers 4.57 and
-5.x (REFERENCE.md), it cannot apply the output layer only at answer positions (halves the cost of a step on a
-small model), and a loop this size is easier to audit than the Trainer's callbacks. Multi-GPU: launch with
-``torchrun --nproc-per-node N``; each rank takes ``train.batch_size`` examples per micro-step (the seed recipe's
-"batch 8 per GPU"), gradients are averaged by DDP, and rank 0 alone writes checkpoints, report and progress.
+Our own loop rather than the HF Trainer: the Trainer's reported loss differs between transformers 4.57 and 5.x for
+the same rows (a change in how it normalizes), it cannot apply the output layer only at answer positions (halves
+the cost of a step on a small model), and a loop this size is easier to audit than the Trainer's callbacks.
+Multi-GPU: launch with ``torchrun --nproc-per-node N``; each rank takes ``train.batch_size`` examples per micro-step
+(the seed recipe's "batch 8 per GPU"), gradients are averaged by DDP, and rank 0 alone writes checkpoints, report
+and progress.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import os
-import random
+import gc
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kit import atomic
 from pipeline import checkpoint as ckpt
 from pipeline import report as rep
 from pipeline.config import Recipe, RecipeError
+from pipeline.distributed import Dist, setup_distributed
+from pipeline.loss import AnswerLoss, mean_answer_loss
 from pipeline.model import (
     AdapterGradientError,
-    UnsupportedError,
+    ModelInfo,
     adapters_without_gradient,
     choose_device,
     load_for_training,
     lora_parameters,
     resolve_model,
 )
+from pipeline.optim import build_optimizer, build_scheduler, seed_everything
+from pipeline.precision import autocast, choose_precision
 from pipeline.progress import Progress
-
-IGNORE_INDEX = -100
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Distributed setup (a no-op for one process)
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    enabled: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def mean(self, value: float, device: torch.device) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
-
-    def sum(self, value: float, device: torch.device) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
-
-
-def setup_distributed() -> Dist:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Dist()
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend=backend)
-    return Dist(rank=torch.distributed.get_rank(), world_size=world_size, enabled=True)
+from pipeline.prompts import IGNORE_INDEX  # noqa: F401  (kept importable from here for older call sites)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -142,87 +98,337 @@ def load_data(recipe: Recipe, dist: Optional[Dist] = None) -> Data:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Loss
+# The run
 
 
-class AnswerLoss(torch.nn.Module):
-    """Summed cross-entropy over the answer tokens, and their count.
+class FineTuneRun:
+    """One fine-tune, built from the recipe and the command-line options; ``run()`` calls the steps in order.
 
-    The output layer runs only at the positions whose next token is an answer token (labels != -100): with a
-    49k vocabulary and ~100-token prompts, full logits cost as much as the rest of a small model's step. The
-    decoder and head are the base model's own modules (LoRA lives inside them), so DDP wraps this module.
+    Each step reads and sets attributes on ``self`` (the run's state); a step only uses what earlier steps set.
     """
 
-    def __init__(self, model: Any):
-        super().__init__()
-        self.model = model
+    # Set by the steps, in this order:
+    data: Data  # setup_data
+    model: Any  # setup_model (the peft model), with tokenizer, info (ModelInfo), examples, batcher, guard_note
+    tokenizer: Any
+    info: ModelInfo
+    examples: list[dict[str, Any]]
+    batcher: Any  # batching.LengthGroupedBatches (imported where used: torch-free modules stay light)
+    guard_note: str
+    params: list[torch.nn.Parameter]  # setup_optimizer, with optimizer and scheduler
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_module: torch.nn.Module  # train: AnswerLoss, wrapped in DDP under torchrun
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
-        targets = labels[:, 1:]
-        mask = targets != IGNORE_INDEX
-        logits = base.get_output_embeddings()(hidden[:, :-1][mask]).float()
-        return F.cross_entropy(logits, targets[mask], reduction="sum"), mask.sum()
+    def __init__(self, recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
+                 plain: Optional[bool] = None, on_step: Optional[Callable[[int, float], None]] = None):
+        self.recipe, self.resume, self.overwrite, self.plain, self.on_step = recipe, resume, overwrite, plain, on_step
+        self.started_at = rep.utc_now()
+        self.t_start = time.monotonic()
+        self.dist = setup_distributed()
+        self.device = choose_device(recipe.train.device)
+        if recipe.train.optimizer != "adamw" and self.device.type != "cuda":
+            build_optimizer(recipe, [], self.device)  # raises the clear error before minutes of loading
+        self.precision = choose_precision(recipe, self.device)
+        self.output_dir = Path(recipe.train.output_dir)
+        self.out = Progress(recipe.train.steps, log_every=recipe.train.log_every, plain=True, enabled=self.dist.main)
+        self.eval_kwargs = dict(scoring=recipe.eval.scoring, batch_size=recipe.eval.batch_size,
+                                limit=recipe.eval.limit)
+        self.step, self.start_step, self.resumed_from = 0, 0, None
+        self.history: dict[str, Any] = {"loss": [], "lr": [], "tokens": [], "eval_before": None}
+        self.eval_after: Optional[dict] = None
+        self.tokens_this_run, self.train_seconds = 0, 0.0
 
+    def run(self) -> dict[str, Any]:
+        self.prepare_output()
+        self.setup_data()
+        self.setup_model()
+        self.setup_optimizer()
+        self.restore_state()
+        self.evaluate_before()
+        self.train()
+        self.save()
+        self.evaluate_after()
+        report = self.build_report()
+        self.write_report(report)
+        return report
 
-def mean_answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    loss_sum, count = AnswerLoss(model)(**batch)
-    return loss_sum / count.clamp(min=1)
+    # ---- setup
 
+    def prepare_output(self) -> None:
+        """Output-folder policy: checkpoints already there need --resume (continue) or --overwrite (discard)."""
+        existing = ckpt.latest_checkpoint(self.output_dir)
+        if existing is None or self.resume:
+            return
+        if not self.overwrite:
+            raise RecipeError(
+                f"{self.output_dir} already holds checkpoints ({existing.name}): pass --resume to continue that "
+                "run, --overwrite to start again from scratch, or set train.output_dir to another folder"
+            )
+        if self.dist.main:
+            for _, old in ckpt.list_checkpoints(self.output_dir):
+                shutil.rmtree(old)
+        self.dist.barrier()
 
-# --------------------------------------------------------------------------------------------------------------
-# Optimizer, schedule, precision
+    def setup_data(self) -> None:
+        seed_everything(self.recipe.train.seed)  # before anything random: model init, dropout, batch order
+        self.data = data = load_data(self.recipe, self.dist)
+        self.out.log(f"data: {len(data.train)} training questions from {data.train_path}"
+                     + (f", {len(data.eval)} evaluation questions from {data.eval_path}" if data.eval_path else ""))
+        if data.overlap:
+            self.out.log(f"warning: {data.overlap} evaluation questions also occur in the training file "
+                         "(contamination)")
 
+    def setup_model(self) -> None:
+        """Load the base and its adapters, encode the training set, and check every adapter gets a gradient."""
+        if self.dist.main:
+            resolve_model(self.recipe.model.name_or_path)  # converts/builds once, before the other ranks look
+        self.dist.barrier()
+        self.model, self.tokenizer, self.info = load_for_training(self.recipe, self.device)
+        self.examples, self.batcher = _encode_all(self.recipe, self.tokenizer, self.data, self.dist)
+        self._guard_adapters()
+        info = self.info
+        self.out.log(f"model: {info.resolved_path} | quantization {info.quantization_path} "
+                     f"({info.quantization_reason}) | attention {info.attention} | {info.trainable_params:,} "
+                     f"trainable of {info.total_params:,} | {self.guard_note}")
 
-def build_optimizer(recipe: Recipe, params: list[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    name, t = recipe.train.optimizer, recipe.train
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    if device.type != "cuda":
-        raise UnsupportedError(
-            f"train.optimizer is {name!r}: bitsandbytes' 8-bit optimizers need a GPU (they fail on CPU); "
-            "use train.optimizer=adamw"
+    def _guard_adapters(self) -> None:
+        """The adapter-gradient guard, before any optimizer step (design: model.adapters_without_gradient).
+
+        On the 4-bit path with ``quantization.on_unsupported: fallback``, adapters without gradient make the run
+        reload on an unquantized base and check again; anything still missing then is an error.
+        """
+        recipe, device = self.recipe, self.device
+        probe = _probe_batch(recipe, self.examples, self.tokenizer, self.dist, device)
+        missing = self._adapters_missing_gradient(probe)
+        if missing and self.info.quantization_path == "nf4" and recipe.quantization.on_unsupported == "fallback":
+            reason = (f"adapter-gradient guard: {len(missing)} of {len(lora_parameters(self.model))} LoRA matrices "
+                      f"got zero gradient on the 4-bit path (first: {missing[0]})")
+            self.out.log(f"falling back to an unquantized base: {reason}")
+            del self.model
+            _free(device)
+            self.model, self.tokenizer, self.info = load_for_training(recipe, device, force_fallback=reason)
+            missing = self._adapters_missing_gradient(probe)
+        if missing:
+            raise AdapterGradientError(
+                f"{len(missing)} of {len(lora_parameters(self.model))} LoRA matrices got no gradient on the "
+                f"{self.info.quantization_path} path (first: {missing[0]}); training would change nothing. "
+                + ("Set quantization.on_unsupported=fallback to train on an unquantized base."
+                   if self.info.quantization_path == "nf4" else "Check lora.target_modules and the model.")
+            )
+        self.guard_note = (f"all {len(lora_parameters(self.model))} LoRA matrices received a non-zero gradient "
+                           "before step 1")
+
+    def _adapters_missing_gradient(self, batch: dict) -> list[str]:
+        precision, device, dist = self.precision, self.device, self.dist
+
+        def loss_fn(m, b):
+            with autocast(precision, device):
+                return mean_answer_loss(m, b)
+
+        missing = adapters_without_gradient(self.model, loss_fn, batch)
+        # All ranks must take the same decision (fall back or not), whichever rank saw the problem.
+        if dist.enabled and dist.sum(float(len(missing)), device) > 0 and not missing:
+            missing = ["<another rank's adapters got no gradient>"]
+        return missing
+
+    def setup_optimizer(self) -> None:
+        self.params = [p for _, p in lora_parameters(self.model)]
+        self.optimizer = build_optimizer(self.recipe, self.params, self.device)
+        self.scheduler = build_scheduler(self.recipe, self.optimizer)
+
+    def restore_state(self) -> None:
+        """--resume: model, optimizer, schedule, batch order and history from the last complete checkpoint."""
+        if not self.resume:
+            return
+        found = ckpt.latest_checkpoint(self.output_dir)
+        if found is None:
+            self.out.log(f"--resume: no complete checkpoint in {self.output_dir}, starting from step 0")
+            return
+        state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        self.batcher.load_state_dict(state["batcher"])
+        self.step, self.history, self.resumed_from = int(state["step"]), state["history"], str(found)
+        self.out.log(f"resumed from {found} at step {self.step}")
+
+    # ---- evaluate, train, save
+
+    def evaluate_before(self) -> None:
+        wanted = self.data.eval and self.recipe.eval.before_training and self.history.get("eval_before") is None
+        if wanted and self.dist.main:
+            self.history["eval_before"] = self._evaluate(self.output_dir / "eval-before", "before training")
+        self.dist.barrier()
+
+    def train(self) -> None:
+        """The loop: optimizer steps until ``train.steps``, logging, checkpointing and calling ``on_step``."""
+        recipe, dist, device = self.recipe, self.dist, self.device
+        self.train_module = self._wrap_for_training()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        progress = Progress(recipe.train.steps, start_step=self.step, log_every=recipe.train.log_every,
+                            plain=self.plain, enabled=dist.main)
+        self.model.train()  # gradient checkpointing and dropout only act in train mode
+        t_train = time.monotonic()
+        self.start_step = self.step
+        try:
+            while self.step < recipe.train.steps:
+                t_step = time.monotonic()
+                lr = self.scheduler.get_last_lr()[0]
+                step_loss, step_tokens = self.train_step()
+                self.step += 1
+                step_loss = dist.mean(step_loss, device)
+                step_tokens = int(dist.sum(step_tokens, device))
+                self.tokens_this_run += step_tokens
+                self.history["loss"].append(round(step_loss, 6))
+                self.history["lr"].append(lr)
+                self.history["tokens"].append(step_tokens)
+                progress.update(self.step, step_loss, lr, step_tokens / max(time.monotonic() - t_step, 1e-9))
+                self._checkpoint_if_due()
+                dist.barrier()
+                if self.on_step is not None:
+                    self.on_step(self.step, step_loss)
+        finally:
+            progress.close()
+        self.train_seconds = time.monotonic() - t_train
+
+    def _wrap_for_training(self) -> torch.nn.Module:
+        train_module: torch.nn.Module = AnswerLoss(self.model)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            train_module = DistributedDataParallel(train_module, device_ids=device_ids)
+        return train_module
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step over ``grad_accum`` micro-batches: (this rank's mean loss, its non-padding tokens)."""
+        from pipeline.batching import collate
+
+        recipe, device = self.recipe, self.device
+        step_loss, step_tokens = 0.0, 0
+        for micro in range(recipe.train.grad_accum):
+            indices = next(self.batcher)
+            batch = collate([self.examples[i] for i in indices], self.tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and micro < recipe.train.grad_accum - 1:
+                sync = self.train_module.no_sync()  # all-reduce gradients once, at the last micro-batch
+            with sync:
+                with autocast(self.precision, device):
+                    loss_sum, count = self.train_module(**batch)
+                loss = loss_sum / count.clamp(min=1)
+                (loss / recipe.train.grad_accum).backward()
+            step_loss += loss.item() / recipe.train.grad_accum
+            step_tokens += int(batch["attention_mask"].sum())
+        if recipe.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, recipe.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss, step_tokens
+
+    def _checkpoint_if_due(self) -> None:
+        every = self.recipe.train.checkpoint_every
+        if every and self.step % every == 0 and self.dist.main:
+            ckpt.save_checkpoint(self.output_dir, self.step, model=self.model, optimizer=self.optimizer,
+                                 scheduler=self.scheduler, batcher_state=self.batcher.state_dict(),
+                                 history=self.history, keep=self.recipe.train.keep_checkpoints)
+
+    def save(self) -> None:
+        if self.dist.main:
+            _save_adapter(self.model, self.tokenizer, self.output_dir / "adapter")
+
+    def evaluate_after(self) -> None:
+        if self.data.eval and self.dist.main:
+            self.eval_after = self._evaluate(self.output_dir / "eval", "after training")
+        self.dist.barrier()
+
+    def _evaluate(self, out_dir: Path, when: str) -> dict:
+        from pipeline.evaluate import evaluate, write_eval
+
+        t0 = time.monotonic()
+        result = evaluate(self.model, self.tokenizer, self.data.eval, **self.eval_kwargs)
+        write_eval(result, out_dir)
+        m = result.metrics
+        self.out.log(f"eval {when}: accuracy {m['accuracy']:.3f} on {m.get('count')} questions "
+                     f"({self.eval_kwargs['scoring']} scoring, {time.monotonic() - t0:.0f} s) -> {out_dir}")
+        return m
+
+    # ---- report
+
+    def build_report(self) -> dict[str, Any]:
+        losses = self.history["loss"]
+        final_loss = losses[-1] if losses else None
+        return rep.build_report(
+            "finetune",
+            started_at=self.started_at,
+            summary={"status": "completed", "quantization_path": self.info.quantization_path,
+                     "final_loss": final_loss, "steps": self.step, "metrics": self.eval_after,
+                     "recipe": self.recipe.to_dict()},
+            model=self.info.to_dict(),
+            device=self.device,
+            data=self._data_facts(),
+            training=self._training_facts(),
+            evaluation=self._eval_facts(),
         )
-    import bitsandbytes as bnb
 
-    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    def _data_facts(self) -> dict[str, Any]:
+        recipe, data = self.recipe, self.data
+        return {
+            "source": recipe.data.source,
+            "files": data.files(),
+            "train_rows": len(data.train),
+            "eval_rows": len(data.eval),
+            "contamination": data.overlap,
+            "target": recipe.data.target,
+            # Examples at max_length had their prompt's start cut (encode_example keeps the answer whole).
+            "examples_at_max_length": sum(1 for e in self.examples if len(e["input_ids"]) >= recipe.data.max_length),
+        }
 
+    def _training_facts(self) -> dict[str, Any]:
+        t, losses, seconds = self.recipe.train, self.history["loss"], self.train_seconds
+        return {
+            "steps": self.step,
+            "start_step": self.start_step,
+            "resumed_from": self.resumed_from,
+            "world_size": self.dist.world_size,
+            "precision": self.precision,
+            "optimizer": t.optimizer,
+            "batch_size_per_device": t.batch_size,
+            "grad_accum": t.grad_accum,
+            "adapter_gradient_check": self.guard_note,
+            "wall_time_s": round(time.monotonic() - self.t_start, 1),
+            "train_time_s": round(seconds, 1),
+            # Non-padding tokens (prompt + answer) over all ranks, per second of this process's training loop.
+            "tokens_per_second": round(self.tokens_this_run / seconds, 1) if seconds > 0 else None,
+            "tokens_per_second_per_device": (round(self.tokens_this_run / seconds / self.dist.world_size, 1)
+                                             if seconds > 0 else None),
+            "peak_memory": rep.peak_memory(self.device),
+            "final_loss": losses[-1] if losses else None,
+            "first_loss": losses[0] if losses else None,
+            "mean_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None,
+            "losses": losses,
+            "lrs": self.history["lr"],
+        }
 
-def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer):
-    from transformers import get_scheduler
+    def _eval_facts(self) -> Optional[dict[str, Any]]:
+        if not self.data.eval:
+            return None
+        facts = {"scoring": self.recipe.eval.scoring, "file": str(self.data.eval_path),
+                 "before": self.history.get("eval_before"), "after": self.eval_after}
+        if not self.recipe.eval.before_training:
+            facts.pop("before")
+        return facts
 
-    name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[recipe.train.schedule]
-    return get_scheduler(name, optimizer, num_warmup_steps=recipe.train.warmup_steps,
-                         num_training_steps=recipe.train.steps)
-
-
-def choose_precision(recipe: Recipe, device: torch.device) -> str:
-    wanted = recipe.train.precision
-    if wanted == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if wanted == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UnsupportedError("train.precision is 'bf16' but this GPU has no bf16 support; use precision: auto")
-    return wanted
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The run
+    def write_report(self, report: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        rep.write_report(self.output_dir, report)
+        self.out.log(f"report: {self.output_dir / 'report.json'}")
+        if self.eval_after is not None:
+            before = self.history.get("eval_before")
+            self.out.log(f"accuracy before: {before['accuracy']:.3f}" if before else "accuracy before: (not measured)")
+            self.out.log(f"accuracy after:  {self.eval_after['accuracy']:.3f}  ({self.recipe.eval.scoring} scoring, "
+                         f"{self.eval_after.get('count')} questions)")
 
 
 def finetune(
@@ -237,214 +443,7 @@ def finetune(
 
     ``on_step(step, loss)`` is called after every optimizer step (tests use it to interrupt a run).
     """
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    t_start = time.monotonic()
-    dist = setup_distributed()
-    device = choose_device(recipe.train.device)
-    if recipe.train.optimizer != "adamw" and device.type != "cuda":
-        build_optimizer(recipe, [], device)  # raises the clear error before minutes of loading
-    precision = choose_precision(recipe, device)
-    output_dir = Path(recipe.train.output_dir)
-    out = Progress(recipe.train.steps, log_every=recipe.train.log_every, plain=True, enabled=dist.main)
-
-    existing = ckpt.latest_checkpoint(output_dir)
-    if existing is not None and not resume:
-        if not overwrite:
-            raise RecipeError(
-                f"{output_dir} already holds checkpoints ({existing.name}): pass --resume to continue that run, "
-                "--overwrite to start again from scratch, or set train.output_dir to another folder"
-            )
-        if dist.main:
-            for _, old in ckpt.list_checkpoints(output_dir):
-                shutil.rmtree(old)
-        dist.barrier()
-
-    seed_everything(recipe.train.seed)
-    data = load_data(recipe, dist)
-    out.log(f"data: {len(data.train)} training questions from {data.train_path}"
-            + (f", {len(data.eval)} evaluation questions from {data.eval_path}" if data.eval_path else ""))
-    if data.overlap:
-        out.log(f"warning: {data.overlap} evaluation questions also occur in the training file (contamination)")
-
-    if dist.main:
-        resolve_model(recipe.model.name_or_path)  # converts/builds once, before the other ranks look
-    dist.barrier()
-    model, tokenizer, info = load_for_training(recipe, device)
-    examples, batcher = _encode_all(recipe, tokenizer, data, dist)
-
-    # Adapter-gradient guard, before any optimizer step (see model.adapters_without_gradient for the design).
-    probe = _probe_batch(recipe, examples, tokenizer, dist, device)
-    missing = _guard(model, probe, precision, device, dist)
-    if missing and info.quantization_path == "nf4" and recipe.quantization.on_unsupported == "fallback":
-        reason = (f"adapter-gradient guard: {len(missing)} of {len(lora_parameters(model))} LoRA matrices got zero "
-                  f"gradient on the 4-bit path (first: {missing[0]})")
-        out.log(f"falling back to an unquantized base: {reason}")
-        del model
-        _free(device)
-        model, tokenizer, info = load_for_training(recipe, device, force_fallback=reason)
-        missing = _guard(model, probe, precision, device, dist)
-    if missing:
-        raise AdapterGradientError(
-            f"{len(missing)} of {len(lora_parameters(model))} LoRA matrices got no gradient on the "
-            f"{info.quantization_path} path (first: {missing[0]}); training would change nothing. "
-            + ("Set quantization.on_unsupported=fallback to train on an unquantized base."
-               if info.quantization_path == "nf4" else "Check lora.target_modules and the model.")
-        )
-    guard_note = f"all {len(lora_parameters(model))} LoRA matrices received a non-zero gradient before step 1"
-    out.log(f"model: {info.resolved_path} | quantization {info.quantization_path} ({info.quantization_reason}) | "
-            f"attention {info.attention} | {info.trainable_params:,} trainable of {info.total_params:,} | {guard_note}")
-
-    params = [p for _, p in lora_parameters(model)]
-    optimizer = build_optimizer(recipe, params, device)
-    scheduler = build_scheduler(recipe, optimizer)
-
-    step, history = 0, {"loss": [], "lr": [], "tokens": [], "eval_before": None}
-    resumed_from = None
-    if resume:
-        found = ckpt.latest_checkpoint(output_dir)
-        if found is None:
-            out.log(f"--resume: no complete checkpoint in {output_dir}, starting from step 0")
-        else:
-            state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
-            batcher.load_state_dict(state["batcher"])
-            step, history, resumed_from = int(state["step"]), state["history"], str(found)
-            out.log(f"resumed from {found} at step {step}")
-
-    eval_kwargs = dict(scoring=recipe.eval.scoring, batch_size=recipe.eval.batch_size, limit=recipe.eval.limit)
-    if data.eval and recipe.eval.before_training and history.get("eval_before") is None and dist.main:
-        history["eval_before"] = _evaluate(model, tokenizer, data, eval_kwargs, output_dir / "eval-before", out,
-                                           "before training")
-    dist.barrier()
-
-    train_module: torch.nn.Module = AnswerLoss(model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [device.index] if device.type == "cuda" else None
-        train_module = DistributedDataParallel(train_module, device_ids=device_ids)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    from pipeline.batching import collate
-
-    progress = Progress(recipe.train.steps, start_step=step, log_every=recipe.train.log_every, plain=plain,
-                        enabled=dist.main)
-    model.train()  # gradient checkpointing and dropout only act in train mode
-    t_train = time.monotonic()
-    tokens_this_run = 0
-    start_step = step
-    try:
-        while step < recipe.train.steps:
-            t_step = time.monotonic()
-            step_loss, step_tokens = 0.0, 0
-            lr = scheduler.get_last_lr()[0]
-            for micro in range(recipe.train.grad_accum):
-                indices = next(batcher)
-                batch = collate([examples[i] for i in indices], tokenizer.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                sync = contextlib.nullcontext()
-                if dist.enabled and micro < recipe.train.grad_accum - 1:
-                    sync = train_module.no_sync()
-                with sync:
-                    with autocast(precision, device):
-                        loss_sum, count = train_module(**batch)
-                    loss = loss_sum / count.clamp(min=1)
-                    (loss / recipe.train.grad_accum).backward()
-                step_loss += loss.item() / recipe.train.grad_accum
-                step_tokens += int(batch["attention_mask"].sum())
-            if recipe.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, recipe.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-
-            step_loss = dist.mean(step_loss, device)
-            step_tokens = int(dist.sum(step_tokens, device))
-            tokens_this_run += step_tokens
-            history["loss"].append(round(step_loss, 6))
-            history["lr"].append(lr)
-            history["tokens"].append(step_tokens)
-            progress.update(step, step_loss, lr, step_tokens / max(time.monotonic() - t_step, 1e-9))
-            if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0 and dist.main:
-                ckpt.save_checkpoint(output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                                     batcher_state=batcher.state_dict(), history=history,
-                                     keep=recipe.train.keep_checkpoints)
-            dist.barrier()
-            if on_step is not None:
-                on_step(step, step_loss)
-    finally:
-        progress.close()
-    train_seconds = time.monotonic() - t_train
-
-    if dist.main:
-        _save_adapter(model, tokenizer, output_dir / "adapter")
-    eval_after = None
-    if data.eval and dist.main:
-        eval_after = _evaluate(model, tokenizer, data, eval_kwargs, output_dir / "eval", out, "after training")
-    dist.barrier()
-
-    peak = rep.peak_memory(device)
-    losses = history["loss"]
-    report: dict[str, Any] = {
-        "command": "finetune",
-        "status": "completed",
-        "started_at": started_at,
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "quantization_path": info.quantization_path,
-        "final_loss": losses[-1] if losses else None,
-        "steps": step,
-        "metrics": eval_after,
-        "recipe": recipe.to_dict(),
-        "data": {
-            "source": recipe.data.source,
-            "files": data.files(),
-            "train_rows": len(data.train),
-            "eval_rows": len(data.eval),
-            "contamination": data.overlap,
-            "target": recipe.data.target,
-            # Examples at max_length had their prompt's start cut (encode_example keeps the answer whole).
-            "examples_at_max_length": sum(1 for e in examples if len(e["input_ids"]) >= recipe.data.max_length),
-        },
-        "model": info.to_dict(),
-        "environment": {"device": rep.device_facts(device), "libraries": rep.library_versions()},
-        "training": {
-            "steps": step,
-            "start_step": start_step,
-            "resumed_from": resumed_from,
-            "world_size": dist.world_size,
-            "precision": precision,
-            "optimizer": recipe.train.optimizer,
-            "batch_size_per_device": recipe.train.batch_size,
-            "grad_accum": recipe.train.grad_accum,
-            "adapter_gradient_check": guard_note,
-            "wall_time_s": round(time.monotonic() - t_start, 1),
-            "train_time_s": round(train_seconds, 1),
-            # Non-padding tokens (prompt + answer) over all ranks, per second of this process's training loop.
-            "tokens_per_second": round(tokens_this_run / train_seconds, 1) if train_seconds > 0 else None,
-            "tokens_per_second_per_device": (round(tokens_this_run / train_seconds / dist.world_size, 1)
-                                             if train_seconds > 0 else None),
-            "peak_memory": peak,
-            "final_loss": losses[-1] if losses else None,
-            "first_loss": losses[0] if losses else None,
-            "mean_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None,
-            "losses": losses,
-            "lrs": history["lr"],
-        },
-        "eval": ({"scoring": recipe.eval.scoring, "file": str(data.eval_path), "before": history.get("eval_before"),
-                  "after": eval_after} if data.eval else None),
-    }
-    if report["eval"] is not None and not recipe.eval.before_training:
-        report["eval"].pop("before")
-    if dist.main:
-        rep.write_report(output_dir, report)
-        out.log(f"report: {output_dir / 'report.json'}")
-        if eval_after is not None:
-            before = history.get("eval_before")
-            out.log(f"accuracy before: {before['accuracy']:.3f}" if before else "accuracy before: (not measured)")
-            out.log(f"accuracy after:  {eval_after['accuracy']:.3f}  ({recipe.eval.scoring} scoring, "
-                    f"{eval_after.get('count')} questions)")
-    return report
+    return FineTuneRun(recipe, resume=resume, overwrite=overwrite, plain=plain, on_step=on_step).run()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -474,41 +473,16 @@ def _probe_batch(recipe: Recipe, examples: list, tokenizer: Any, dist: Dist, dev
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _guard(model: Any, batch: dict, precision: str, device: torch.device, dist: Dist) -> list[str]:
-    def loss_fn(m, b):
-        with autocast(precision, device):
-            return mean_answer_loss(m, b)
-
-    missing = adapters_without_gradient(model, loss_fn, batch)
-    # All ranks must take the same decision (fall back or not), whichever rank saw the problem.
-    if dist.enabled and dist.sum(float(len(missing)), device) > 0 and not missing:
-        missing = ["<another rank's adapters got no gradient>"]
-    return missing
-
-
-def _evaluate(model, tokenizer, data: Data, kwargs: dict, out_dir: Path, progress: Progress, when: str) -> dict:
-    from pipeline.evaluate import evaluate, write_eval
-
-    t0 = time.monotonic()
-    result = evaluate(model, tokenizer, data.eval, **kwargs)
-    write_eval(result, out_dir)
-    m = result.metrics
-    progress.log(f"eval {when}: accuracy {m['accuracy']:.3f} on {m.get('count')} questions "
-                 f"({kwargs['scoring']} scoring, {time.monotonic() - t0:.0f} s) -> {out_dir}")
-    return m
-
-
 def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
     with atomic.folder(dest) as tmp:
         model.save_pretrained(tmp)
 
 
 def _free(device: torch.device) -> None:
-    import gc
-
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
-__all__ = ["finetune", "load_data", "data_paths", "AnswerLoss"]
+__all__ = ["finetune", "FineTuneRun", "load_data", "data_paths", "AnswerLoss", "mean_answer_loss", "Dist",
+           "setup_distributed"]
