@@ -83,3 +83,10 @@ def test_make_wheels_exports_the_wheels_stage(vendor, cpu_base, tmp_path):
     exported = dist / f"wheels-{vendor}" / wheel.name
     assert exported.read_bytes() == wheel.read_bytes()
     assert [p.name for p in exported.parent.iterdir()] == [wheel.name], "only the wheels are exported"
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.rocm", "Dockerfile.cuda", "Dockerfile.cpu", "Dockerfile.app"])
+def test_a_direct_build_without_make_fails_early_and_says_why(dockerfile, docker_client):
+    result = run(["docker", "buildx", "build", "--network", "host", "-f", dockerfile, "."], cwd=ROOT)
+    assert result.returncode != 0
+    assert "build_through_make" in result.stderr and "unset" in result.stderr, result.stderr[-2000:]

@@ -182,7 +182,7 @@ def test_finetune_runs_with_no_network_at_all(docker_client, built, folders, tmp
     assert (out / "offline" / "adapter" / "adapter_config.json").is_file(), logs.decode()[-3000:]
 
 
-STEP = re.compile(r"^#(\d+) \[(?:(\w[\w-]*) )?(\d+)/(\d+)\] (.*)$", re.M)
+STEP = re.compile(r"^#(\d+) \[(?:(\w[\w-]*) +)?(\d+)/(\d+)\] (.*)$", re.M)  # BuildKit pads "[app  3/10]"
 
 
 def steps(log: str) -> dict[str, tuple[str, str, bool]]:
