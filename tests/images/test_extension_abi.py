@@ -70,7 +70,8 @@ def test_bad_versions_are_named():
         check.torch_gpu_version_from_wheel("2.3.1")
 
 
-# A roc-obj-ls listing of a library built for gfx90a and gfx942 (format: bundle, target id, URI).
+# Listings written in the tools' output formats (roc-obj-ls: bundle, target id, URI; cuobjdump --list-elf: one
+# cubin a line). Not captured from a real run: no ROCm or CUDA toolchain exists where these tests were written.
 ROC_OBJ_LS = """\
 1       host-x86_64-unknown-linux                                           file:///w/flash_attn_2_cuda.so#offset=1052672&size=0
 1       hipv4-amdgcn-amd-amdhsa--gfx90a:sramecc+:xnack-                     file:///w/flash_attn_2_cuda.so#offset=1052672&size=88520
