@@ -4,24 +4,28 @@ REGISTRY     ?=
 TAG          ?= latest
 VENDOR       ?= cpu
 IMAGE         = $(REGISTRY)clinical-finetune-kit:$(TAG)-$(VENDOR)
-# Pins (defaults live in the Dockerfiles; set these only to build another combination: docs/images.md)
-ROCM_VERSION ?=
-ROCM_BASE    ?=
-TORCH_VERSION ?=
-GPU_ARCHS    ?=
+# The stack: every version, ref, base digest and GPU target, from ONE file. This Makefile is the one place that
+# turns it into --build-arg values; the Dockerfiles' ARG names are the stack.env keys and have no defaults.
+# Override a key for one build on the command line: make image-rocm ROCM_GPU_ARCHS=gfx942
+include stack.env
+ROCM_KEYS = ROCM_VERSION ROCM_BASE ROCM_RUNTIME_BASE ROCM_TORCH_VERSION ROCM_TORCH_INDEX_URL ROCM_TRITON_VERSION \
+	ROCM_GPU_ARCHS ROCM_FLASH_ATTN_REPO ROCM_FLASH_ATTN_REF ROCM_BNB_REPO ROCM_BNB_REF
+CUDA_KEYS = CUDA_VERSION CUDA_DEVEL_BASE CUDA_RUNTIME_BASE CUDA_TORCH_VERSION CUDA_FLASH_ATTN_VERSION \
+	CUDA_FLASH_ATTN_URL CUDA_FLASH_ATTN_SHA256 CUDA_ARCH_LIST
+CPU_KEYS = CPU_BASE CPU_TORCH_VERSION CPU_TORCH_INDEX_URL
+# Parallel compile jobs of the extension builds. Empty: FlashAttention's setup.py sizes it from free memory.
 MAX_JOBS     ?=
-FLASH_ATTN_REF ?=
-TORCH_CUDA_ARCH_LIST ?=
-# CPU image: another base (CI passes a locally made one) and a folder holding the torch CPU wheel.
-CPU_BASE     ?=
+# CPU image: a folder holding the torch CPU wheel (CI): the index is then not asked at all.
 TORCH_WHEELS ?=
+ifneq ($(TORCH_WHEELS),)
+CPU_TORCH_INDEX_URL =
+endif
 # A folder of wheels exported by `make wheels-<vendor>`: the image build reuses them instead of compiling.
 WHEELS       ?=
 # Extra pyinfra flags for `make provision`, e.g. PROVISION_ARGS="--dry --sudo --limit node1".
 PROVISION_ARGS ?=
-# Extra CA certificates (TLS-inspecting proxy) and a hub token file, passed as BuildKit secrets (never in layers).
+# Extra CA certificates (TLS-inspecting proxy), passed as a BuildKit secret (never in a layer).
 CA_BUNDLE    ?=
-HF_TOKEN_FILE ?=
 # Extra flags for `docker buildx build`, e.g. BUILD_FLAGS="--network host --progress plain".
 BUILD_FLAGS  ?=
 DOCKER       ?= docker
@@ -29,55 +33,72 @@ PYTHON       ?= .venv/bin/python
 DIST         ?= dist
 
 comma := ,
+PLACEHOLDER_DIGEST := sha256:0000000000000000000000000000000000000000000000000000000000000000
 VCS_REF := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-SOURCE_URL := $(shell git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*@#//#' || true)
-build_arg = $(if $($(1)),--build-arg $(1)=$($(1)))
-BUILD_ARGS = --build-arg VCS_REF=$(VCS_REF) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL)) \
-	$(foreach v,ROCM_VERSION TORCH_VERSION GPU_ARCHS MAX_JOBS FLASH_ATTN_REF TORCH_CUDA_ARCH_LIST,$(call build_arg,$(v))) \
-	$(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) \
-	$(if $(HF_TOKEN_FILE),--secret id=hf_token$(comma)src=$(HF_TOKEN_FILE)) \
-	$(BUILD_FLAGS)
+# The source label names the public repository: a remote that is a local path (a worktree, a mirror) is not one,
+# and credentials in a URL are dropped.
+SOURCE_URL := $(shell git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*@#//#' | grep -E '^(https?|ssh|git)://|^[^/]+@[^/]+:' || true)
+# vendor -> its stack keys as --build-arg values (quoted: GPU arch lists hold ';').
+upper = $(if $(filter rocm,$(1)),ROCM,$(if $(filter cuda,$(1)),CUDA,CPU))
+stack_args = $(foreach k,$($(call upper,$(1))_KEYS),--build-arg '$(k)=$($(k))')
+COMMON_ARGS = $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) $(BUILD_FLAGS)
+APP_ARGS = --build-arg VCS_REF=$(VCS_REF) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL))
 WHEELS_CONTEXT = $(if $(WHEELS),--build-context wheels=$(abspath $(WHEELS)))
-# The digest placeholder in Dockerfile.rocm (all zeros): refused until a real digest is filled in.
-ROCM_BASE_EFFECTIVE = $(or $(ROCM_BASE),$(shell sed -n 's/^ARG ROCM_BASE=//p' Dockerfile.rocm))
+TORCH_WHEELS_CONTEXT = $(if $(TORCH_WHEELS),--build-context torch-wheels=$(abspath $(TORCH_WHEELS)))
+RUNTIME_IMAGE = clinical-finetune-kit-runtime:$(TAG)-$(1)
+# Refuse a build whose vendor bases still carry the all-zero placeholder digest (make resolve-digests fills them).
+define refuse_placeholders
+	@for key in $(filter %_BASE,$($(call upper,$(1))_KEYS)); do \
+		case " $(foreach k,$(filter %_BASE,$($(call upper,$(1))_KEYS)),$(k)=$($(k))) " in *" $$key="*"$(PLACEHOLDER_DIGEST) "*) \
+			echo "$@: $$key in stack.env has the placeholder digest (all zeros): nothing is pinned yet." >&2; \
+			echo "  Where a registry is reachable run 'make resolve-digests' (docker buildx imagetools inspect for every" >&2; \
+			echo "  base tag, written into stack.env), review 'git diff stack.env', then 'make $@' again." >&2; exit 2;; esac; \
+	done
+endef
+# The runtime stage of Dockerfile.<vendor> into a local tag, then the one app stage (Dockerfile.app) on top of it.
+define build_image
+	$(DOCKER) buildx build -f Dockerfile.$(1) --target runtime $(call stack_args,$(1)) $(if $(MAX_JOBS),--build-arg MAX_JOBS=$(MAX_JOBS)) \
+		$(2) $(COMMON_ARGS) --load -t $(call RUNTIME_IMAGE,$(1)) .
+	$(DOCKER) buildx build -f Dockerfile.app --build-arg RUNTIME_IMAGE=$(call RUNTIME_IMAGE,$(1)) \
+		--build-arg IMAGE_LOCK=image-$(1).lock $(APP_ARGS) $(COMMON_ARGS) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-$(1) .
+endef
 
 .DEFAULT_GOAL := help
-.PHONY: help env image-rocm image-cuda image-cpu wheels-rocm wheels-cuda push save load finetune evaluate check \
-	shell provision demo test test-fast test-compat lint locks
+.PHONY: help env resolve-digests image-rocm image-cuda image-cpu wheels-rocm wheels-cuda push save load finetune \
+	evaluate check shell provision demo test test-fast test-compat lint locks
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELS CPU_BASE TORCH_WHEELS CA_BUNDLE HF_TOKEN_FILE BUILD_FLAGS and the pins"
-	@echo "  ROCM_VERSION ROCM_BASE TORCH_VERSION GPU_ARCHS MAX_JOBS FLASH_ATTN_REF TORCH_CUDA_ARCH_LIST (docs/images.md)"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELS TORCH_WHEELS CA_BUNDLE BUILD_FLAGS MAX_JOBS, and any stack.env key"
 
-env: ## write .env for compose: your UID/GID, the host's video and render GIDs, KIT_VENDOR/KIT_TAG
-	@bash docker/compose-env.sh $(VENDOR) $(TAG) "$(REGISTRY)" > .env.tmp && mv .env.tmp .env && cat .env
+env: ## write or update .env for compose (your UID/GID, video/render GIDs, KIT_VENDOR/KIT_TAG); your own lines stay
+	@bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
+
+resolve-digests: ## resolve every *_BASE tag in stack.env to its registry digest (needs a registry), rewrite stack.env
+	python3 docker/resolve_digests.py --docker "$(DOCKER)" stack.env
+	@git diff --stat -- stack.env 2>/dev/null || true
 
 image-rocm: ## build the ROCm image (FlashAttention compile: hours; WHEELS=dist/wheels-rocm reuses wheels)
-	@case "$(ROCM_BASE_EFFECTIVE)" in *sha256:0000000000000000000000000000000000000000000000000000000000000000*) \
-		echo "image-rocm: ROCM_BASE has the placeholder digest ($(ROCM_BASE_EFFECTIVE))." >&2; \
-		echo "  Look up the real one where a registry is reachable and pass it (or write it into Dockerfile.rocm):" >&2; \
-		echo "  docker buildx imagetools inspect rocm/dev-ubuntu-22.04:6.1.2 --format '{{json .Manifest.Digest}}'" >&2; \
-		echo "  make image-rocm ROCM_BASE=rocm/dev-ubuntu-22.04:6.1.2@sha256:<digest>" >&2; exit 2;; esac
-	$(DOCKER) buildx build -f Dockerfile.rocm --target app $(BUILD_ARGS) $(WHEELS_CONTEXT) \
-		--build-arg ROCM_BASE=$(ROCM_BASE_EFFECTIVE) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-rocm .
+	$(call refuse_placeholders,rocm)
+	$(call build_image,rocm,$(WHEELS_CONTEXT))
 
 image-cuda: ## build the CUDA image (WHEELS=dist/wheels-cuda reuses an exported FlashAttention wheel)
-	$(DOCKER) buildx build -f Dockerfile.cuda --target app $(BUILD_ARGS) $(WHEELS_CONTEXT) \
-		--load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-cuda .
+	$(call refuse_placeholders,cuda)
+	$(call build_image,cuda,$(WHEELS_CONTEXT))
 
-image-cpu: ## build the CPU image (CI, GPU-less machines)
-	$(DOCKER) buildx build -f Dockerfile.cpu --target app $(BUILD_ARGS) $(call build_arg,CPU_BASE) \
-		$(if $(TORCH_WHEELS),--build-context torch-wheels=$(abspath $(TORCH_WHEELS)) --build-arg TORCH_INDEX_URL=) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-cpu .
+image-cpu: ## build the CPU image (CI, GPU-less machines; TORCH_WHEELS=DIR takes torch from a wheel folder)
+	$(call refuse_placeholders,cpu)
+	$(call build_image,cpu,$(TORCH_WHEELS_CONTEXT))
 
 wheels-rocm: ## compile FlashAttention (CK) + bitsandbytes (HIP) once, export the wheels to dist/wheels-rocm
-	@case "$(ROCM_BASE_EFFECTIVE)" in *sha256:0000000000000000000000000000000000000000000000000000000000000000*) \
-		echo "wheels-rocm: ROCM_BASE has the placeholder digest: see 'make image-rocm'" >&2; exit 2;; esac
-	$(DOCKER) buildx build -f Dockerfile.rocm --target wheels $(BUILD_ARGS) \
-		--build-arg ROCM_BASE=$(ROCM_BASE_EFFECTIVE) --output type=local,dest=$(DIST)/wheels-rocm .
+	$(call refuse_placeholders,rocm)
+	$(DOCKER) buildx build -f Dockerfile.rocm --target wheels $(call stack_args,rocm) $(if $(MAX_JOBS),--build-arg MAX_JOBS=$(MAX_JOBS)) \
+		$(COMMON_ARGS) --output type=local,dest=$(DIST)/wheels-rocm .
 
-wheels-cuda: ## compile FlashAttention for sm80/sm90 once, export the wheel to dist/wheels-cuda
-	$(DOCKER) buildx build -f Dockerfile.cuda --target wheels $(BUILD_ARGS) --output type=local,dest=$(DIST)/wheels-cuda .
+wheels-cuda: ## compile FlashAttention for the CUDA_ARCH_LIST targets once, export the wheel to dist/wheels-cuda
+	$(call refuse_placeholders,cuda)
+	$(DOCKER) buildx build -f Dockerfile.cuda --target wheels $(call stack_args,cuda) $(if $(MAX_JOBS),--build-arg MAX_JOBS=$(MAX_JOBS)) \
+		$(COMMON_ARGS) --output type=local,dest=$(DIST)/wheels-cuda .
 
 push: ## push $(IMAGE) (VENDOR=..., REGISTRY=host/path/ required)
 	@test -n "$(REGISTRY)" || { echo "push: set REGISTRY=host/path/ (with the trailing slash)" >&2; exit 2; }
@@ -132,7 +153,7 @@ RUFF_PATHS = checks kit tests/checks tests/kit tests/test_import_graph.py
 lint: ## ruff on RUFF_PATHS, hadolint the Dockerfiles, validate compose for every vendor
 	bash scripts/bootstrap.sh
 	$(PYTHON) -m ruff check $(RUFF_PATHS)
-	.venv/bin/hadolint --config .hadolint.yaml Dockerfile.rocm Dockerfile.cuda Dockerfile.cpu
+	.venv/bin/hadolint --config .hadolint.yaml Dockerfile.rocm Dockerfile.cuda Dockerfile.cpu Dockerfile.app
 	for vendor in cpu rocm cuda; do \
 		KIT_VENDOR=$$vendor KIT_VIDEO_GID=44 KIT_RENDER_GID=109 $(DOCKER) compose -f compose.yaml config --quiet || exit 1; \
 		echo "compose config ($$vendor): ok"; \

@@ -1,8 +1,28 @@
 #!/usr/bin/env bash
 # Print compose's .env for this host:  bash docker/compose-env.sh [VENDOR] [TAG] [REGISTRY] > .env
+# or update an existing one in place:  bash docker/compose-env.sh --update .env [VENDOR] [TAG] [REGISTRY]
+# (`make env` and the run targets): the keys computed here are replaced, every other line the user wrote (their
+# own KIT_DATA_DIR, comments, ...) is kept as it was, and the file is replaced atomically.
 # The render group's GID differs between hosts (104, 109, 110 seen), so it is read from this host's group
 # database rather than written into compose.yaml. The invoking user's UID/GID make the outputs theirs.
 set -euo pipefail
+if [[ "${1:-}" == "--update" ]]; then
+    target="${2:?--update needs the .env path}"
+    shift 2
+    computed="$(bash "$0" "$@")"
+    keys="$(printf '%s\n' "$computed" | cut -d= -f1 | paste -sd'|')"
+    tmp="$(mktemp "$(dirname "$target")/.env.XXXXXX")"
+    trap 'rm -f "$tmp"' EXIT
+    {
+        if [[ -f "$target" ]]; then grep -Ev "^(${keys})=" "$target" || true; fi
+        printf '%s\n' "$computed"
+    } > "$tmp"
+    chmod 600 "$tmp"
+    mv "$tmp" "$target"
+    trap - EXIT
+    cat "$target"
+    exit 0
+fi
 vendor="${1:-cpu}"
 tag="${2:-latest}"
 registry="${3:-}"

@@ -1,16 +1,15 @@
 #!/bin/sh
 # Run a build step with the optional BuildKit secrets, without writing them into any image layer:
-#   RUN --mount=type=secret,id=ca_bundle --mount=type=secret,id=hf_token --mount=type=tmpfs,target=/run/ckit \
+#   RUN --mount=type=secret,id=ca_bundle --mount=type=tmpfs,target=/run/ckit \
 #       with-build-secrets pip install ...
 # ca_bundle: extra CA certificates (a hospital's TLS-inspecting proxy). Appended to the system trust store in a
 #   tmpfs file, and every client used in builds (pip, requests, curl, git, apt) is pointed at it. A bundle holding
 #   only the proxy CA works, and so does a full bundle.
-# hf_token: a Hugging Face token, exported as HF_TOKEN for the one step (gated model or private index).
-# Both live under /run/secrets (a secret mount) and /run/ckit (tmpfs): neither survives the step.
+# It lives under /run/secrets (a secret mount) and /run/ckit (tmpfs): neither survives the step. (No step takes a
+# hub token: the images download nothing from a model hub; models are mounted or converted at run time.)
 set -eu
 
 ca_secret=/run/secrets/ca_bundle
-token_secret=/run/secrets/hf_token
 work=/run/ckit
 
 if [ -s "$ca_secret" ]; then
@@ -25,9 +24,5 @@ if [ -s "$ca_secret" ]; then
         GIT_SSL_CAINFO="$bundle"
     printf 'Acquire::https::CAInfo "%s";\n' "$bundle" > "$work/apt-ca.conf"
     export APT_CONFIG="$work/apt-ca.conf"
-fi
-if [ -s "$token_secret" ]; then
-    HF_TOKEN="$(cat "$token_secret")"
-    export HF_TOKEN
 fi
 exec "$@"

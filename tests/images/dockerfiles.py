@@ -1,7 +1,7 @@
 """Small Dockerfile reader for the image tests: instructions, build-arg defaults, stages, FROM references.
 
-Only what the tests need: joins continuation lines, drops comments, resolves ``${ARG}`` in FROM lines from the
-global ARG defaults (the values a plain `docker buildx build` uses).
+Only what the tests need: joins continuation lines, drops comments, resolves ``${ARG}`` (and ``${ARG:?message}``)
+in FROM lines from stack.env: the Dockerfiles declare no defaults, the Makefile passes stack.env's values.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.stack import read_stack
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {vendor: ROOT / f"Dockerfile.{vendor}" for vendor in ("rocm", "cuda", "cpu")}
-APP_MARKER = "FROM runtime AS app"
+APP_DOCKERFILE = ROOT / "Dockerfile.app"
+STACK = read_stack()
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 PLACEHOLDER_DIGEST = "@sha256:" + "0" * 64
 
@@ -67,9 +70,10 @@ class FromLine:
     stage: str | None
 
 
-def from_lines(text: str) -> list[FromLine]:
+def from_lines(text: str, values: dict[str, str] | None = None) -> list[FromLine]:
+    """FROM lines with ``${ARG}`` resolved from ``values`` (stack.env's by default), then from ARG defaults."""
     items = instructions(text)
-    defaults = global_args(items)
+    defaults = {**global_args(items), **(STACK if values is None else values)}
     out = []
     for item in items:
         if item.keyword != "FROM":
@@ -77,17 +81,17 @@ def from_lines(text: str) -> list[FromLine]:
         words = [w for w in item.args.split() if not w.startswith("--")]
         reference = words[0]
         stage = words[2] if len(words) >= 3 and words[1].upper() == "AS" else None
-        resolved = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults.get(m.group(1) or m.group(2), m.group(0)),
-                          reference)
+        resolved = re.sub(r"\$\{(\w+)(?::\?[^}]*)?\}|\$(\w+)",
+                          lambda m: defaults.get(m.group(1) or m.group(2), m.group(0)), reference)
         out.append(FromLine(item.line, reference, resolved, stage))
     return out
 
 
-def unpinned_bases(text: str, allow_placeholder: bool = False) -> list[str]:
+def unpinned_bases(text: str, allow_placeholder: bool = False, values: dict[str, str] | None = None) -> list[str]:
     """FROM references that are neither an earlier stage, scratch, nor pinned by a sha256 digest."""
     problems = []
     stages: set[str] = set()
-    for item in from_lines(text):
+    for item in from_lines(text, values):
         if item.resolved in stages or item.resolved == "scratch":
             pass
         elif "$" in item.resolved:
@@ -99,10 +103,3 @@ def unpinned_bases(text: str, allow_placeholder: bool = False) -> list[str]:
         if item.stage:
             stages.add(item.stage)
     return problems
-
-
-def app_stage(text: str) -> str:
-    index = text.find(APP_MARKER)
-    if index < 0:
-        raise AssertionError(f"no '{APP_MARKER}' line")
-    return text[index:]

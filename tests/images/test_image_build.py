@@ -31,8 +31,8 @@ TOUCHED = f"clinical-finetune-kit:{TAG}-touched-cpu"
 TORCH_WHEELS = Path(os.environ.get("CKIT_TORCH_WHEELS", "/opt/wheels"))
 SYSTEM_CA = Path(os.environ.get("CKIT_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
 # What the build context holds (.dockerignore's allow-list), for copying it to a scratch folder.
-CONTEXT_ITEMS = ["Makefile", "Dockerfile.cpu", ".dockerignore", "docker", "requirements", "pyproject.toml", "recipes", "checks",
-                 "pipeline"]
+CONTEXT_ITEMS = ["Makefile", "stack.env", "Dockerfile.cpu", "Dockerfile.app", ".dockerignore", "docker", "requirements",
+                 "pyproject.toml", "recipes", "checks", "kit", "pipeline"]
 
 
 def run(args: list[str], timeout: int, **kwargs) -> subprocess.CompletedProcess:
@@ -48,26 +48,25 @@ def cpu_base(docker_client) -> str:
 
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory) -> dict[str, str]:
-    """A CA bundle (the system one, which pip here needs) and a hub token, each carrying a unique marker."""
+    """A CA bundle (the system one, which pip here needs) carrying a unique marker."""
     folder = tmp_path_factory.mktemp("secrets")
     marker = f"ckit-secret-{uuid.uuid4().hex}"
     ca = folder / "ca.pem"
     # Text outside BEGIN/END blocks is ignored by PEM readers, so the bundle still works with the marker in it.
     ca.write_text((SYSTEM_CA.read_text() if SYSTEM_CA.is_file() else "") + f"\n{marker}-ca\n")
-    token = folder / "hf_token"
-    token.write_text(f"hf_{marker}-token\n")
-    return {"marker": marker, "ca": str(ca), "token": str(token)}
+    return {"marker": marker, "ca": str(ca)}
 
 
 def buildx(context: Path, base: str, secrets: dict[str, str], tag: str, vcs_ref: str = "ci-test") -> str:
-    """Build the CPU image's app stage in `context` through `make image-cpu` (what users run), on the local base,
-    with the torch wheel folder and both secrets; return BuildKit's plain progress log."""
+    """Build the CPU image (Dockerfile.cpu's runtime, then the shared Dockerfile.app) in `context` through
+    `make image-cpu` (what users run), on the local base, with the torch wheel folder and the CA secret; return
+    BuildKit's plain progress log of both builds."""
     if not any(TORCH_WHEELS.glob("torch-2.13.0+cpu-*.whl")):
         pytest.skip(f"no torch 2.13.0+cpu wheel in {TORCH_WHEELS} (set CKIT_TORCH_WHEELS)")
     name, _, version = tag.rpartition(":")
     assert name == "clinical-finetune-kit" and version.endswith("-cpu"), tag
     args = ["make", "-s", "-C", str(context), "image-cpu", f"TAG={version[:-len('-cpu')]}", f"CPU_BASE={base}",
-            f"TORCH_WHEELS={TORCH_WHEELS}", f"CA_BUNDLE={secrets['ca']}", f"HF_TOKEN_FILE={secrets['token']}",
+            f"TORCH_WHEELS={TORCH_WHEELS}", f"CA_BUNDLE={secrets['ca']}",
             f"VCS_REF={vcs_ref}", "BUILD_FLAGS=--network host --progress plain"]
     result = run(args, timeout=1800)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-5000:]
@@ -183,16 +182,20 @@ def test_finetune_runs_with_no_network_at_all(docker_client, built, folders, tmp
     assert (out / "offline" / "adapter" / "adapter_config.json").is_file(), logs.decode()[-3000:]
 
 
-STEP = re.compile(r"^#(\d+) \[(?:(\w[\w-]*) )?(\d+)/(\d+)\] (.*)$", re.M)
+STEP = re.compile(r"^#(\d+) \[(?:(\w[\w-]*) +)?(\d+)/(\d+)\] (.*)$", re.M)  # BuildKit pads "[app  3/10]"
 
 
 def steps(log: str) -> dict[str, tuple[str, str, bool]]:
-    """step id -> (stage, instruction, cached) from BuildKit's plain progress output."""
-    found = {number: (stage or "", text, False) for number, stage, _, _, text in STEP.findall(log)}
-    for number in re.findall(r"^#(\d+) CACHED$", log, re.M):
-        if number in found:
-            stage, text, _ = found[number]
-            found[number] = (stage, text, True)
+    """step id -> (stage, instruction, cached) from BuildKit's plain progress output, over every build in the log
+    (make runs two: the runtime, then the app stage; each numbers its steps from #0)."""
+    found: dict[str, tuple[str, str, bool]] = {}
+    for index, build in enumerate(re.split(r"^(?=#0 building with)", log, flags=re.M)):
+        these = {number: (stage or "", text, False) for number, stage, _, _, text in STEP.findall(build)}
+        for number in re.findall(r"^#(\d+) CACHED$", build, re.M):
+            if number in these:
+                stage, text, _ = these[number]
+                these[number] = (stage, text, True)
+        found.update({f"{index}:{number}": value for number, value in these.items()})
     return found
 
 

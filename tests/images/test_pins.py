@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .dockerfiles import DOCKERFILES, ROOT, global_args, instructions
+from .dockerfiles import ROOT, STACK
 
 REQ = ROOT / "requirements"
 PIN = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", re.M)
@@ -74,17 +74,13 @@ def test_every_locked_requirement_carries_a_hash(lock):
         assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"{lock}: no hash for {entry.splitlines()[0]}"
 
 
-def _arg(vendor: str, name: str) -> str:
-    return global_args(instructions(DOCKERFILES[vendor].read_text()))[name]
-
-
-def test_dockerfile_torch_versions_match_their_locks():
-    assert pins(REQ / "image-cuda-torch.lock")["torch"] == _arg("cuda", "TORCH_VERSION")
-    assert pins(REQ / "image-cpu-torch.lock")["torch"] == _arg("cpu", "TORCH_VERSION")
+def test_stack_torch_versions_match_their_locks():
+    assert pins(REQ / "image-cuda-torch.lock")["torch"] == STACK["CUDA_TORCH_VERSION"]
+    assert pins(REQ / "image-cpu-torch.lock")["torch"] == STACK["CPU_TORCH_VERSION"]
     # ROCm: torch itself comes from the PyTorch index; its dependencies were resolved for this version.
-    rocm_base_version = _arg("rocm", "TORCH_VERSION").split("+")[0]
-    assert pins(REQ / "image-rocm-torch.in")["torch"] == rocm_base_version
-    assert _arg("rocm", "TORCH_VERSION").endswith("+rocm" + _arg("rocm", "TORCH_INDEX_URL").rsplit("rocm", 1)[1])
+    rocm = STACK["ROCM_TORCH_VERSION"]
+    assert pins(REQ / "image-rocm-torch.in")["torch"] == rocm.split("+")[0]
+    assert rocm.endswith("+rocm" + STACK["ROCM_TORCH_INDEX_URL"].rsplit("rocm", 1)[1])
 
 
 def test_gpu_images_run_the_same_app_stack():
@@ -92,7 +88,7 @@ def test_gpu_images_run_the_same_app_stack():
     shared = set(cuda) & set(rocm)
     assert {"transformers", "peft", "accelerate", "tokenizers", "huggingface-hub"} <= shared
     assert {name: cuda[name] for name in shared} == {name: rocm[name] for name in shared}
-    assert "bitsandbytes" in cuda and "bitsandbytes" not in rocm  # ROCm builds it from BNB_REF
+    assert "bitsandbytes" in cuda and "bitsandbytes" not in rocm  # ROCm builds it from ROCM_BNB_REF
 
 
 def test_compat_venv_pins_are_the_cuda_image_pins():
