@@ -45,6 +45,7 @@ WORKDIR /opt/kit
 COPY pyproject.toml ./
 COPY recipes/ recipes/
 COPY checks/ checks/
+COPY stack.env ./
 COPY kit/ kit/
 COPY pipeline/ pipeline/
 # Declared here, not at the top of the stage: a build argument that changes with every commit (VCS_REF) would

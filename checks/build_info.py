@@ -6,15 +6,15 @@ names another path). It is one JSON object::
     {
       "schema": 1,                          # int, required: this format's version
       "vendor": "rocm",                     # "rocm" or "cuda", required
-      "torch_version": "2.3.1+rocm6.0",     # torch.__version__ as printed in the image, required
+      "torch_version": "2.4.1+rocm6.1",     # torch.__version__ as printed in the image, required
       "gpu_archs": ["gfx90a", "gfx942"],    # what the compiled extensions (flash-attn, bitsandbytes) target,
                                             #   required: gfx names on ROCm (ROCM_GPU_ARCHS), and
                                             #   CUDA_ARCH_LIST entries on CUDA ("8.0", "9.0", "9.0+PTX")
       "rocm_version": "6.1.2",              # ROCm only, required there: /opt/rocm/.info/version at build time
-      "hip_version": "6.0.32830",           # ROCm only, optional: torch.version.hip (torch's bundled HIP)
+      "hip_version": "6.1.40091",           # ROCm only, optional: torch.version.hip (torch's bundled HIP)
       "cuda_version": "12.1",               # CUDA only, required there: torch.version.cuda
       "flash_attn_version": "2.6.3",        # optional: the flash-attn distribution's version; null = not built
-      "bitsandbytes_version": "0.49.2",     # optional: the bitsandbytes distribution's version; null = none
+      "bitsandbytes_version": "0.48.2",     # optional: the bitsandbytes distribution's version; null = none
       "image": "clinical-finetune-kit:rocm",# optional, free text: tag, base image digest, git commit...
       "built_at": "2026-11-28T23:00:00Z"    # optional, free text
     }

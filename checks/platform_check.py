@@ -178,11 +178,30 @@ def driver(ctx: Context) -> Result:
         version = AMDGPU_MODULE_VERSION.read_text().strip() if AMDGPU_MODULE_VERSION.exists() else None
         rocm = ROCM_VERSION_FILE.read_text().strip() if ROCM_VERSION_FILE.exists() else None
         value = f"amdgpu {version or '(in-kernel, no version file)'}"
+        mismatch = _hip_release_mismatch(rocm, p.runtime_version)
+        if mismatch:
+            # bitsandbytes names its HIP library after the ROCm it was compiled on and loads the one named after
+            # torch.version.hip (bitsandbytes/cextension.py): two releases mean "Configured ROCm binary not found".
+            return Result("platform.driver", FAIL, value, mismatch,
+                          hint="use torch built for this ROCm release (stack.env ROCM_TORCH_VERSION) or the matching "
+                               "ROCm userspace; docs/images.md explains the pair",
+                          data={"amdgpu": version, "rocm": rocm, "hip": p.runtime_version})
         return Result("platform.driver", PASS, value,
                       f"ROCm userspace {rocm or 'not under /opt/rocm'}, torch HIP {p.runtime_version}; reported, not "
                       "compared: AMD publishes no machine-readable driver/ROCm rule (see its compatibility matrix)",
                       data={"amdgpu": version, "rocm": rocm, "hip": p.runtime_version})
     return Result("platform.driver", SKIP, "", gpu_skip_reason(ctx) or "no GPU backend")
+
+
+def _hip_release_mismatch(rocm: Optional[str], hip: Optional[str]) -> str:
+    """A sentence when the ROCm userspace (/opt/rocm) and torch's HIP differ in major.minor, else ""."""
+    if not rocm or not hip:
+        return ""
+    ours, torchs = rocm.split(".")[:2], hip.split(".")[:2]
+    if ours == torchs:
+        return ""
+    return (f"ROCm userspace {rocm} but torch is built for HIP {hip}: extensions compiled here (bitsandbytes) "
+            f"look for a library of HIP {'.'.join(torchs)} and were built for {'.'.join(ours)}")
 
 
 def _cuda_targets(target: str) -> tuple[list[tuple[int, int, bool]], list[tuple[int, int]]]:

@@ -18,7 +18,7 @@ class RocmRelease:
 
 # Paths as published on repo.radeon.com for Ubuntu (suite = OS codename, component "main").
 # 6.1.0 was published under the short "6.1" folder; later point releases use the full version.
-# The images are built against ROCm 6.1.x userspace (see Dockerfile.rocm), so the host driver stays in 6.1.x.
+# The images are built against ROCm 6.1.x userspace (ROCM_VERSION in stack.env), so the host driver stays in 6.1.x.
 # The release a host gets by default is stack.env's ROCM_VERSION (the image's); it must be a row here.
 ROCM_RELEASES: dict[str, RocmRelease] = {
     "6.1.0": RocmRelease("amdgpu/6.1/ubuntu", "rocm/apt/6.1", "6.1.60100-1"),

@@ -139,6 +139,16 @@ def test_driver_rocm_reports_and_cpu_skips(tmp_path, monkeypatch):
     assert pc.driver(make_ctx()).status == SKIP
 
 
+def test_driver_rocm_fails_when_userspace_and_torch_hip_differ(tmp_path, monkeypatch):
+    (tmp_path / "rocm").write_text("6.1.2-119\n")
+    monkeypatch.setattr(pc, "AMDGPU_MODULE_VERSION", tmp_path / "absent")
+    monkeypatch.setattr(pc, "ROCM_VERSION_FILE", tmp_path / "rocm")
+    same = pc.driver(make_ctx("hip", (MI300X,), runtime="6.1.40091-a8dbc0c19"))
+    assert same.status == PASS
+    other = pc.driver(make_ctx("hip", (MI300X,), runtime="6.0.32830-d62f6a171"))
+    assert other.status == FAIL and "6.1.2" in other.detail and "HIP 6.0" in other.detail and other.hint
+
+
 def test_nvidia_driver_version_from_proc(tmp_path, monkeypatch):
     (tmp_path / "version").write_text(
         "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.03  Release Build  (dvs-builder@U16)\n")
