@@ -25,6 +25,12 @@ def _figure(size: tuple[float, float] = _SIZE) -> Any:
     return fig
 
 
+def _integer_steps(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     # Fixed metadata: the same numbers give the same bytes (no creation time or version in the file).
@@ -46,6 +52,7 @@ def loss_curve(losses: Sequence[float], first_step: int = 0, smoothing: float = 
             label=f"smoothed (moving average, weight {smoothing})")
     ax.set_title("Training loss")
     ax.set_xlabel("optimizer step")
+    _integer_steps(ax)
     ax.set_ylabel("loss (nats per answer token)")
     if losses and min(losses) > 0 and max(losses) / min(losses) > 50:
         ax.set_yscale("log")  # a loss that falls by orders of magnitude is unreadable on a linear axis
@@ -60,6 +67,7 @@ def learning_rate_curve(lrs: Sequence[float], first_step: int = 0) -> bytes:
     ax.plot(_steps(first_step, len(lrs)), lrs, color="tab:orange", linewidth=2)
     ax.set_title("Learning rate (schedule)")
     ax.set_xlabel("optimizer step")
+    _integer_steps(ax)
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     ax.grid(True, alpha=0.3)
@@ -73,8 +81,9 @@ def throughput_curve(tokens_per_second: Sequence[float], first_step: int = 0, sm
     steps = _steps(first_step, len(tokens_per_second))
     ax.plot(steps, tokens_per_second, color="tab:green", alpha=0.35, linewidth=1, label="per step")
     ax.plot(steps, ema(tokens_per_second, smoothing), color="tab:green", linewidth=2, label="smoothed")
-    ax.set_title("Training throughput")
+    ax.set_title("Training throughput (tokens per second)")
     ax.set_xlabel("optimizer step")
+    _integer_steps(ax)
     ax.set_ylabel("tokens / s (non-padding, all devices)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
@@ -96,6 +105,7 @@ def accuracy_curve(points: Sequence[dict[str, Any]], chance: Optional[float] = N
         ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
     ax.set_title("Evaluation accuracy over training")
     ax.set_xlabel("optimizer step")
+    _integer_steps(ax)
     ax.set_ylabel("accuracy (fraction correct)")
     ax.set_ylim(0, 1)
     ax.grid(True, alpha=0.3)

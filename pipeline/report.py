@@ -105,7 +105,11 @@ def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(output_dir / "report.json", redact(json.dumps(report, indent=2, sort_keys=False, default=str)) + "\n")
-    atomic.write_text(output_dir / "report.md", redact(render_markdown(report)))
+    # Issue 15: intervals, breakdowns, calibration, curves (figures/, tensorboard/, analysis.json beside report.md).
+    from pipeline.run_analysis import write_run_analysis
+
+    analysis_md = write_run_analysis(output_dir, report)
+    atomic.write_text(output_dir / "report.md", redact(render_markdown(report) + "\n" + analysis_md))
 
 
 def _acc(metrics: Optional[dict[str, Any]]) -> str:

@@ -49,9 +49,10 @@ def render_analysis(analysis: dict[str, Any], pictures: list[str]) -> str:
     curves = [name for name in _FIGURE_TITLES if name in pictures]
     if curves or analysis.get("tensorboard"):
         lines += ["## Training curves", ""]
-        lines += [f"![{_FIGURE_TITLES[name]}](figures/{name})" for name in curves]
+        for name in curves:
+            lines += [f"![{_FIGURE_TITLES[name]}](figures/{name})", ""]
         if analysis.get("tensorboard"):
-            lines += ["", "The same history as a TensorBoard event log: `tensorboard/` in the run folder "
+            lines += ["The same history as a TensorBoard event log: `tensorboard/` in the run folder "
                       "(`tensorboard --logdir <run folder>/tensorboard`, or any tool that reads TensorBoard logs)."]
         lines.append("")
     notes = analysis.get("notes", []) + [n for e in analysis["evaluations"] for n in e.get("notes", [])]

@@ -365,6 +365,8 @@ def finetune(
             history["loss"].append(round(step_loss, 6))
             history["lr"].append(lr)
             history["tokens"].append(step_tokens)
+            # Issue 15: per-step duration for the report's throughput curve (older checkpoints lack the key).
+            history.setdefault("seconds", []).append(round(time.monotonic() - t_step, 4))
             progress.update(step, step_loss, lr, step_tokens / max(time.monotonic() - t_step, 1e-9))
             if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0 and dist.main:
                 ckpt.save_checkpoint(output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -430,6 +432,9 @@ def finetune(
             "mean_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None,
             "losses": losses,
             "lrs": history["lr"],
+            # Issue 15: per-step tokens (all ranks) and seconds, for the throughput curve and TensorBoard log.
+            "step_tokens": history["tokens"],
+            "step_seconds": history.get("seconds", []),
         },
         "eval": ({"scoring": recipe.eval.scoring, "file": str(data.eval_path), "before": history.get("eval_before"),
                   "after": eval_after} if data.eval else None),
