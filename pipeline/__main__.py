@@ -145,7 +145,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import compare
     from pipeline.report_sections import p_value, signed
 
-    output = Path(args.output or f"compare-{Path(args.run_a).name}-vs-{Path(args.run_b).name}")
+    def name(run: str) -> str:  # a fine-tune's eval/ folder is named after its run
+        path = Path(run).resolve()
+        return path.parent.name if path.name == "eval" else path.name
+
+    output = Path(args.output or f"compare-{name(args.run_a)}-vs-{name(args.run_b)}")
     result = compare(Path(args.run_a), Path(args.run_b), output)
     d = result["difference"]
     print(f"{result['count']} questions: accuracy {result['accuracy_a']['value']:.3f} (A) -> "

@@ -113,7 +113,7 @@ def changed_table(changed: list[dict[str, Any]], name_a: str, name_b: str) -> li
 def _breakdown_lines(final: dict[str, Any], group_by: Optional[str]) -> list[str]:
     lines = []
     for name, groups in final["by_group"].items():
-        how = "recipe key eval.group_by" if name == group_by else "the data's meta_info field"
+        how = "field chosen with eval.group_by / --group-by" if name == group_by else "the data's meta_info field"
         lines += [f"## Accuracy by `{name}` ({final['label']}; {how})", "",
                   "| group | n | correct | accuracy | 95% CI |", "|---|---|---|---|---|"]
         lines += [f"| {g} | {p['count']} | {p['correct']} | {p['value']:.3f} | {interval(p)} |"

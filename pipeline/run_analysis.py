@@ -81,9 +81,9 @@ def _groups(labels: list[str], correct: list[bool]) -> dict[str, Any]:
     return {str(k): v.to_dict() for k, v in stats.by_group(labels, correct).items()}
 
 
-def paired(before: list[dict[str, Any]], after: list[dict[str, Any]], name_a: str, name_b: str) -> dict[str, Any]:
+def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], name_a: str, name_b: str) -> dict[str, Any]:
     """B against A on the same questions: both accuracies, difference (B - A) with interval, McNemar, changes."""
-    matched = pair(before, after, name_a, name_b)
+    matched = pair(a, b, name_a, name_b)
     table = stats.PairedTable.from_outcomes([p["correct"] for p in matched.a], [p["correct"] for p in matched.b])
     difference, low, high = stats.paired_difference_interval(table)
     changed = [
