@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from kit import atomic
 from pipeline.predictions import FILE, PredictionsError, load_predictions
@@ -30,7 +30,7 @@ def predictions_folder(run: Path) -> Path:
                            "(python -m pipeline evaluate --output DIR) or a fine-tune run folder")
 
 
-def _data_hash(folder: Path) -> Optional[str]:
+def _data_hash(folder: Path) -> str | None:
     """sha256 of the evaluated data file, from the report.json beside the predictions (or one level up)."""
     for candidate in (folder / "report.json", folder.parent / "report.json"):
         try:

@@ -9,7 +9,8 @@ so ``python -m pipeline --help`` stays fast and a headless node never looks for 
 from __future__ import annotations
 
 import io
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pipeline.stats import Calibration, Confusion, ema
 
@@ -91,7 +92,7 @@ def throughput_curve(tokens_per_second: Sequence[float], first_step: int = 0, sm
     return _png(fig)
 
 
-def accuracy_curve(points: Sequence[dict[str, Any]], chance: Optional[float] = None) -> bytes:
+def accuracy_curve(points: Sequence[dict[str, Any]], chance: float | None = None) -> bytes:
     """Evaluation accuracy at the steps where it ran; ``points``: {step, value, low, high} (Wilson 95%)."""
     fig = _figure()
     ax = fig.add_subplot()

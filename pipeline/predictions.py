@@ -9,9 +9,10 @@ Everything the report computes comes from these lines; the question text is neve
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from pipeline.stats import softmax
 
@@ -48,7 +49,8 @@ def load_predictions(path: Path) -> list[dict[str, Any]]:
         for key, kind in _REQUIRED.items():
             if not isinstance(row.get(key), kind):
                 raise PredictionsError(f"{where}: '{key}' is {row.get(key)!r}, expected a {kind.__name__}")
-        if row["predicted"] not in row["scores"] or not all(isinstance(v, (int, float)) for v in row["scores"].values()):
+        numbers = all(isinstance(v, (int, float)) for v in row["scores"].values())
+        if row["predicted"] not in row["scores"] or not numbers:
             raise PredictionsError(f"{where}: 'scores' must map every option letter (including the predicted "
                                    f"{row['predicted']!r}) to a log-likelihood")
         rows.append(row)
@@ -102,7 +104,7 @@ def pair(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], name_a: str =
     return Pairing(keys, [by_key_a[k] for k in keys], [by_key_b[k] for k in keys])
 
 
-def data_field(predictions: Sequence[dict[str, Any]], field: str) -> tuple[list[str], Optional[str]]:
+def data_field(predictions: Sequence[dict[str, Any]], field: str) -> tuple[list[str], str | None]:
     """The value of ``field`` in each prediction's data row (read back from its ``source`` path:line).
 
     Returns (labels, problem): a row without the field is labelled "(missing)"; a data file that cannot be read

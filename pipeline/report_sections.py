@@ -5,7 +5,7 @@ Only numbers, letters, group names and ``path:line`` sources: no question text r
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 # Shown in report.md; the full list is always in analysis.json / compare.json.
 MAX_LISTED_CHANGES = 20
@@ -110,7 +110,7 @@ def changed_table(changed: list[dict[str, Any]], name_a: str, name_b: str) -> li
     return lines + [""]
 
 
-def _breakdown_lines(final: dict[str, Any], group_by: Optional[str]) -> list[str]:
+def _breakdown_lines(final: dict[str, Any], group_by: str | None) -> list[str]:
     lines = []
     for name, groups in final["by_group"].items():
         how = "field chosen with eval.group_by / --group-by" if name == group_by else "the data's meta_info field"

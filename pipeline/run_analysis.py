@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from kit import atomic
 from pipeline import figures, run_log, stats
@@ -30,7 +30,7 @@ METHODS = ("95% intervals: Wilson score interval for each accuracy; Newcombe's h
 class Evaluation:
     label: str  # "before training", "after training", "result"
     folder: Path
-    step: Optional[int]  # optimizer step it ran after (None for a stand-alone evaluation)
+    step: int | None  # optimizer step it ran after (None for a stand-alone evaluation)
     metrics: dict[str, Any]
 
 
@@ -47,18 +47,19 @@ def evaluations(run_dir: Path, report: dict[str, Any]) -> list[Evaluation]:
     return found
 
 
-def group_by_field(report: dict[str, Any]) -> Optional[str]:
+def group_by_field(report: dict[str, Any]) -> str | None:
     """The data-row field to break accuracy down by: ``eval.group_by`` of the recipe or of ``evaluate``."""
     return (report.get("eval") or {}).get("group_by") or ((report.get("recipe") or {}).get("eval") or {}).get(
         "group_by")
 
 
-def summarize(predictions: list[dict[str, Any]], group_field: Optional[str] = None) -> dict[str, Any]:
+def summarize(predictions: list[dict[str, Any]], group_field: str | None = None) -> dict[str, Any]:
     """Every number of one evaluation: accuracy (and acc_norm) with intervals, breakdowns, confusion, calibration."""
     correct = [p["correct"] for p in predictions]
     out: dict[str, Any] = {"accuracy": stats.proportion(sum(correct), len(correct)).to_dict()}
     if all("correct_norm" in p for p in predictions):
-        out["acc_norm"] = stats.proportion(sum(bool(p["correct_norm"]) for p in predictions), len(predictions)).to_dict()
+        right_norm = sum(bool(p["correct_norm"]) for p in predictions)
+        out["acc_norm"] = stats.proportion(right_norm, len(predictions)).to_dict()
     groups: dict[str, Any] = {}
     notes: list[str] = []
     if any(p.get("meta_info") is not None for p in predictions):
@@ -71,7 +72,8 @@ def summarize(predictions: list[dict[str, Any]], group_field: Optional[str] = No
         else:
             groups[group_field] = _groups(labels, correct)
     out["by_group"] = groups
-    out["confusion"] = stats.confusion([p["gold"] for p in predictions], [p["predicted"] for p in predictions]).to_dict()
+    golds, chosen = [p["gold"] for p in predictions], [p["predicted"] for p in predictions]
+    out["confusion"] = stats.confusion(golds, chosen).to_dict()
     out["calibration"] = stats.calibration([confidence(p) for p in predictions], correct).to_dict()
     out["notes"] = notes
     return out

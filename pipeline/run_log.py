@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from kit import atomic
 
@@ -24,7 +25,7 @@ FOLDER = "tensorboard"
 
 
 def write_event_log(run_dir: Path, scalars: dict[str, Sequence[tuple[int, float]]],
-                    walltimes: Optional[dict[int, float]] = None) -> Path:
+                    walltimes: dict[int, float] | None = None) -> Path:
     """Write ``scalars`` (tag -> [(step, value)]) into ``run_dir/tensorboard``, replacing any earlier log.
 
     ``walltimes`` (step -> POSIX time) gives TensorBoard's "relative time" axis the real training time; steps
@@ -44,7 +45,7 @@ def write_event_log(run_dir: Path, scalars: dict[str, Sequence[tuple[int, float]
     return Path(run_dir) / FOLDER
 
 
-def step_walltimes(training: dict[str, Any], started_at: Optional[str]) -> dict[int, float]:
+def step_walltimes(training: dict[str, Any], started_at: str | None) -> dict[int, float]:
     """step -> POSIX time: the run's start plus the summed durations of the steps before (where all are known)."""
     start = _timestamp(started_at)
     seconds = training.get("step_seconds") or []
@@ -125,7 +126,7 @@ def _masked(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def _timestamp(started_at: Optional[str]) -> Optional[float]:
+def _timestamp(started_at: str | None) -> float | None:
     if not started_at:
         return None
     try:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any
 
 # Two-sided 95%: the 0.975 quantile of the standard normal.
 Z_95 = 1.959963984540054
@@ -74,7 +75,7 @@ class PairedTable:
         return self.both + self.only_a + self.only_b + self.neither
 
     @classmethod
-    def from_outcomes(cls, correct_a: Sequence[bool], correct_b: Sequence[bool]) -> "PairedTable":
+    def from_outcomes(cls, correct_a: Sequence[bool], correct_b: Sequence[bool]) -> PairedTable:
         if len(correct_a) != len(correct_b):
             raise ValueError(f"paired outcomes differ in length: {len(correct_a)} and {len(correct_b)}")
         tally = Counter(zip(map(bool, correct_a), map(bool, correct_b)))

@@ -13,6 +13,7 @@ from pipeline import run_log, stats
 from pipeline.__main__ import main
 from pipeline.run_analysis import analyze, write_run_analysis
 from pipeline.train import finetune
+
 from .recipe_helpers import tiny_recipe, write_questions
 
 
@@ -93,7 +94,8 @@ def test_report_files_and_markdown(tmp_path):
     assert saved["evaluations"][1]["accuracy"]["correct"] == 15
     for needle in ("## Accuracy with 95% intervals", "| after training | 4 | 20 | 15 | 0.750 |", "Wilson",
                    "## Before vs after training", "McNemar", "## Accuracy by `meta_info`",
-                   "## Accuracy by `category` (after training; field chosen with eval.group_by / --group-by)", "| cardiology | 10 |",
+                   "## Accuracy by `category` (after training; field chosen with eval.group_by / --group-by)",
+                   "| cardiology | 10 |",
                    "## Predicted vs gold letter", "## Calibration", "Expected calibration error **0.050**",
                    "## Training curves", "tensorboard"):
         assert needle in md, needle
@@ -142,7 +144,8 @@ def test_evaluate_command_report_breaks_down_by_group_by_field(tiny_model_dir, t
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["eval"]["group_by"] == "answer"
     md = (tmp_path / "ev" / "report.md").read_text()
-    assert "| result | - | 12 |" in md and "## Accuracy by `answer` (result; field chosen with eval.group_by / --group-by)" in md
+    assert "| result | - | 12 |" in md
+    assert "## Accuracy by `answer` (result; field chosen with eval.group_by / --group-by)" in md
     assert "| statin |" in md and "## Training curves" not in md  # no training in an evaluate run
     analysis = json.loads((tmp_path / "ev" / "analysis.json").read_text())
     groups = analysis["evaluations"][0]["by_group"]["answer"]
