@@ -116,6 +116,11 @@ def _acc(metrics: Optional[dict[str, Any]]) -> str:
     if not metrics:
         return "-"
     text = f"{metrics.get('accuracy', float('nan')):.3f}"
+    # Issue 15: every accuracy with its 95% Wilson interval.
+    from pipeline.stats import wilson_interval
+
+    if metrics.get("count") and metrics.get("correct") is not None:
+        text += " (95% CI {:.3f}–{:.3f})".format(*wilson_interval(metrics["correct"], metrics["count"]))
     if metrics.get("acc_norm") is not None:
         text += f" (acc_norm {metrics['acc_norm']:.3f})"
     return text + f" on {metrics.get('count', '?')} questions"

@@ -130,6 +130,9 @@ def test_finetune_report_shows_the_analysis(tiny_model_dir, tmp_path):
     for needle in ("# Run report: finetune", "## Accuracy with 95% intervals", "## Before vs after training",
                    "## Accuracy by `answer_idx`", "## Calibration", "![Training loss per step and smoothed]"):
         assert needle in md, needle
+    after = report["eval"]["after"]
+    low, high = stats.wilson_interval(after["correct"], after["count"])
+    assert f"- after training: {after['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f})" in md  # the headline too
     assert len(report["training"]["step_seconds"]) == len(report["training"]["step_tokens"]) == 6
     back = run_log.read_scalars(run / "tensorboard")
     assert [v for _, v in back["train/loss"]] == pytest.approx(report["training"]["losses"], rel=1e-6)
