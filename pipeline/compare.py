@@ -51,8 +51,9 @@ def compare(run_a: Path, run_b: Path, output: Path) -> dict[str, Any]:
     if hash_a and hash_b and hash_a != hash_b:
         raise PredictionsError(f"{run_a} and {run_b} evaluated different data files (sha256 {hash_a[:12]}… and "
                                f"{hash_b[:12]}…), expected the same questions")
-    result = paired(load_predictions(folder_a), load_predictions(folder_b), str(run_a), str(run_b))
+    result = paired(load_predictions(folder_a), load_predictions(folder_b), "A", "B")
     result.update(
+        run_a=str(run_a), run_b=str(run_b),
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         predictions_a=str(folder_a / FILE), predictions_b=str(folder_b / FILE),
         data_sha256=hash_a or hash_b, methods=METHODS,
@@ -64,9 +65,8 @@ def compare(run_a: Path, run_b: Path, output: Path) -> dict[str, Any]:
 
 
 def render(result: dict[str, Any]) -> str:
-    name_a, name_b = result["a"], result["b"]
-    lines = [f"# Comparison: `{name_b}` against `{name_a}`", "",
-             f"- Predictions: `{result['predictions_a']}` (A) and `{result['predictions_b']}` (B)",
+    lines = [f"# Comparison: B `{result['run_b']}` against A `{result['run_a']}`", "",
+             f"- A: `{result['predictions_a']}`", f"- B: `{result['predictions_b']}`",
              f"- Same questions: {result['count']}, matched by data line, gold letters equal"
              + (f"; data file sha256 `{result['data_sha256']}`" if result.get("data_sha256") else ""),
              f"- Created {result['created_at']}", ""]
