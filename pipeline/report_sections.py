@@ -30,6 +30,10 @@ def signed(value: float) -> str:
     return f"{value:+.3f}"
 
 
+def _n(count: int) -> str:
+    return f"{count} question" + ("" if count == 1 else "s")
+
+
 def p_value(p: float) -> str:
     return f"{p:.2g}" if p < 0.001 else f"{p:.4f}"
 
@@ -91,7 +95,7 @@ def paired_lines(c: dict[str, Any], title: str, level: str = "##") -> list[str]:
         f"- {c['b']}: {accuracy_text(c['accuracy_b'])}",
         f"- difference ({c['b']} − {c['a']}): **{signed(d['value'])}** (95% CI {signed(d['low'])} to "
         f"{signed(d['high'])}, {d['method']})",
-        f"- McNemar exact test: {t['only_b_correct']} questions right only with {c['b']}, {t['only_a_correct']} right "
+        f"- McNemar exact test: {_n(t['only_b_correct'])} right only with {c['b']}, {_n(t['only_a_correct'])} right "
         f"only with {c['a']}; two-sided p = **{p_value(c['mcnemar_exact_p'])}** ({c['count']} questions, "
         f"{t['both_correct']} right and {t['both_wrong']} wrong with both)",
         f"- {len(c['changed'])} questions changed their predicted letter ({fixed} fixed, {broken} broken, "
