@@ -123,7 +123,7 @@ def reliability_diagram(cal: Calibration, title: str) -> bytes:
     ax.bar([b.low for b in filled], [b.accuracy for b in filled], width=width, align="edge",
            color="tab:blue", alpha=0.7, edgecolor="black", label="accuracy in bin")
     ax.plot([b.confidence for b in filled], [b.accuracy for b in filled], "o", color="tab:red",
-            label="mean confidence in bin")
+            label="bin: mean confidence, accuracy")
     for b in filled:
         ax.annotate(f"n={b.count}", (b.low + width / 2, min(0.97, (b.accuracy or 0) + 0.02)), ha="center",
                     fontsize=7)
