@@ -108,7 +108,7 @@ def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     # Issue 15: intervals, breakdowns, calibration, curves (figures/, tensorboard/, analysis.json beside report.md).
     from pipeline.run_analysis import write_run_analysis
 
-    analysis_md = write_run_analysis(output_dir, report)
+    analysis_md = write_run_analysis(output_dir, report, redact=redact)
     atomic.write_text(output_dir / "report.md", redact(render_markdown(report) + "\n" + analysis_md))
 
 

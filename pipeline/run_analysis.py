@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kit import atomic
 from pipeline import figures, run_log, stats
@@ -138,10 +138,12 @@ def analyze(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def write_run_analysis(run_dir: Path, report: dict[str, Any]) -> str:
-    """Write figures/, tensorboard/ and analysis.json into ``run_dir``; return the Markdown sections for report.md."""
-    from pipeline.report import redact  # lazily: pipeline.report calls this module
+def write_run_analysis(run_dir: Path, report: dict[str, Any],
+                       redact: Callable[[str], str] = lambda text: text) -> str:
+    """Write figures/, tensorboard/ and analysis.json into ``run_dir``; return the Markdown sections for report.md.
 
+    ``redact`` is the report writer's secret filter, passed in (not imported) so the import graph has no loop.
+    """
     run_dir = Path(run_dir)
     analysis = analyze(run_dir, report)
     training = report.get("training") or {}
