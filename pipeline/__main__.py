@@ -3,6 +3,7 @@
     python -m pipeline prepare  --recipe recipes/demo-cpu.yaml
     python -m pipeline finetune --recipe recipes/medqa-qlora-7b.yaml [section.key=value ...] [--resume] [--plain]
     python -m pipeline evaluate --model DIR [--adapter DIR] --data FILE --output DIR [--limit N] [--scoring cloze]
+    python -m pipeline compare  RUN_A RUN_B [--output DIR]
 
 Mistakes in what the user gave us (recipe keys and types, data rows, an impossible setting for this machine) exit
 with status 2 and a short message naming the key, file:line or setting, never a traceback: the user's fix is in
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    ev.add_argument("--group-by", metavar="FIELD", help="also break accuracy down by this field of the data rows")
+
+    cmp = sub.add_parser("compare", help="compare two evaluations of the same questions (paired interval, McNemar)")
+    cmp.add_argument("run_a", metavar="RUN_A", help="evaluation folder (or fine-tune run folder) of model A")
+    cmp.add_argument("run_b", metavar="RUN_B", help="evaluation folder (or fine-tune run folder) of model B")
+    cmp.add_argument("--output", help="folder for report.md and compare.json (default: compare-<A>-vs-<B>)")
     return parser
 
 
@@ -66,14 +73,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     from pipeline.config import RecipeError
     from pipeline.data import DataError
     from pipeline.errors import UnsupportedError
+    from pipeline.predictions import PredictionsError
 
     try:
         if args.command == "prepare":
             return cmd_prepare(args)
         if args.command == "finetune":
             return cmd_finetune(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_evaluate(args)
-    except (RecipeError, DataError, UnsupportedError, FileNotFoundError) as exc:
+    except (RecipeError, DataError, UnsupportedError, FileNotFoundError, PredictionsError) as exc:
         return _fail(str(exc))
     except ValueError as exc:
         # encode_example and the batcher raise ValueError naming the example (file:line) or the setting.
@@ -121,11 +131,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=device,
         data={"files": [rep.data_file_facts(Path(args.data), len(questions))]},
         evaluation={"scoring": args.scoring, "file": str(args.data), "limit": args.limit,
-                    "batch_size": args.batch_size, "result": result.metrics},
+                    "batch_size": args.batch_size, "group_by": args.group_by, "result": result.metrics},
     ))
     m = result.metrics
     extra = f", acc_norm {m['acc_norm']:.3f}" if m.get("acc_norm") is not None else ""
     print(f"accuracy {m['accuracy']:.3f}{extra} on {m['count']} questions ({args.scoring} scoring) -> {args.output}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.compare import compare
+    from pipeline.report_sections import p_value, signed
+
+    def name(run: str) -> str:  # a fine-tune's eval/ folder is named after its run
+        path = Path(run).resolve()
+        return path.parent.name if path.name == "eval" else path.name
+
+    output = Path(args.output or f"compare-{name(args.run_a)}-vs-{name(args.run_b)}")
+    result = compare(Path(args.run_a), Path(args.run_b), output)
+    d = result["difference"]
+    print(f"{result['count']} questions: accuracy {result['accuracy_a']['value']:.3f} (A) -> "
+          f"{result['accuracy_b']['value']:.3f} (B), difference {signed(d['value'])} (95% CI {signed(d['low'])} to "
+          f"{signed(d['high'])}), McNemar p = {p_value(result['mcnemar_exact_p'])} -> {output / 'report.md'}")
     return 0
 
 

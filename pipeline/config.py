@@ -103,6 +103,9 @@ class EvalConfig:
     batch_size: int = 8
     limit: Optional[int] = None
     before_training: bool = False  # also evaluate the base model, to print accuracy before and after
+    # A field of the evaluation data rows (e.g. "category") to break accuracy down by in the report, besides
+    # MedQA's meta_info; read back from each row by its path:line.
+    group_by: Optional[str] = None
 
 
 @dataclass

@@ -139,13 +139,22 @@ def write_report(output_dir: Path, report: dict[str, Any]) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, sort_keys=False, default=str)
     atomic.write_text(output_dir / "report.json", redact(text) + "\n")
-    atomic.write_text(output_dir / "report.md", redact(render_markdown(report)))
+    # Intervals, breakdowns, calibration, curves (figures/, tensorboard/, analysis.json beside report.md).
+    from pipeline.run_analysis import write_run_analysis
+
+    analysis_md = write_run_analysis(output_dir, report, redact=redact)
+    atomic.write_text(output_dir / "report.md", redact(render_markdown(report) + "\n" + analysis_md))
 
 
 def _acc(metrics: Optional[dict[str, Any]]) -> str:
     if not metrics:
         return "-"
     text = f"{metrics.get('accuracy', float('nan')):.3f}"
+    # Issue 15: every accuracy with its 95% Wilson interval.
+    from pipeline.stats import wilson_interval
+
+    if metrics.get("count") and metrics.get("correct") is not None:
+        text += " (95% CI {:.3f}–{:.3f})".format(*wilson_interval(metrics["correct"], metrics["count"]))
     if metrics.get("acc_norm") is not None:
         text += f" (acc_norm {metrics['acc_norm']:.3f})"
     return text + f" on {metrics.get('count', '?')} questions"

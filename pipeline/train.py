@@ -281,6 +281,8 @@ class FineTuneRun:
                 self.history["loss"].append(round(step_loss, 6))
                 self.history["lr"].append(lr)
                 self.history["tokens"].append(step_tokens)
+                # Per-step duration for the report's throughput curve (checkpoints from before it lack the key).
+                self.history.setdefault("seconds", []).append(round(time.monotonic() - t_step, 4))
                 progress.update(self.step, step_loss, lr, step_tokens / max(time.monotonic() - t_step, 1e-9))
                 self._checkpoint_if_due()
                 dist.barrier()
@@ -408,6 +410,9 @@ class FineTuneRun:
             "mean_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None,
             "losses": losses,
             "lrs": self.history["lr"],
+            # Per-step tokens (all ranks) and seconds, for the throughput curve and the TensorBoard log.
+            "step_tokens": self.history["tokens"],
+            "step_seconds": self.history.get("seconds", []),
         }
 
     def _eval_facts(self) -> Optional[dict[str, Any]]:

