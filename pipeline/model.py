@@ -25,6 +25,7 @@ import torch
 from kit import atomic
 from pipeline import smollm2
 from pipeline.config import Recipe
+from pipeline.errors import ModelNotFoundError, RecipeError, UnsupportedError
 
 RANDOM_PREFIX = "random:"
 RANDOM_MARKER = "RANDOM_WEIGHTS.txt"
@@ -36,10 +37,6 @@ RANDOM_PRESETS: dict[str, dict[str, Any]] = {
         num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
     ),
 }
-
-
-class UnsupportedError(RuntimeError):
-    """The recipe asks for something this machine cannot do (and the recipe says not to fall back)."""
 
 
 class AdapterGradientError(UnsupportedError):
@@ -81,10 +78,10 @@ def resolve_model(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {path} has no config.json: expected a Hugging Face checkpoint")
+            raise ModelNotFoundError(f"model folder {path} has no config.json: expected a Hugging Face checkpoint")
         return str(path)
     if name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+        raise ModelNotFoundError(f"model folder {name_or_path} does not exist")
     return name_or_path
 
 
@@ -96,12 +93,12 @@ def parse_random_spec(spec: str) -> dict[str, Any]:
     body = spec[len(RANDOM_PREFIX):]
     preset, _, extra = body.partition(":")
     if preset not in RANDOM_PRESETS:
-        raise ValueError(f"model {spec!r}: unknown random preset {preset!r}, expected one of {sorted(RANDOM_PRESETS)}")
+        raise RecipeError(f"model {spec!r}: unknown random preset {preset!r}, expected one of {sorted(RANDOM_PRESETS)}")
     shape = dict(RANDOM_PRESETS[preset])
     for item in filter(None, (p.strip() for p in extra.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in shape:
-            raise ValueError(f"model {spec!r}: override {item!r} must be one of {sorted(shape)}=<integer>")
+            raise RecipeError(f"model {spec!r}: override {item!r} must be one of {sorted(shape)}=<integer>")
         shape[key] = float(value) if key == "rms_norm_eps" else int(value)
     return shape
 
@@ -170,7 +167,7 @@ def _loading(name: str, load: Any) -> Any:
         return load()
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"cannot load model {name!r}: {first[:300].rstrip('.')}. Expected a local checkpoint folder, "
             "'smollm2-135m-instruct', or a hub id on a host that can reach the hub (HF_HUB_OFFLINE unset)"
         ) from exc
@@ -469,7 +466,7 @@ def load_for_eval(model_path: str, adapter: Optional[str] = None, *, device: Opt
         from peft import PeftModel
 
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"adapter folder {adapter} has no adapter_config.json: expected a peft LoRA adapter"
             )
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 from kit import atomic
 from pipeline import checkpoint as ckpt
+from pipeline import preflight
 from pipeline import report as rep
+from pipeline import resume_policy, run_lock
 from pipeline.config import Recipe, RecipeError
 from pipeline.model import (
     AdapterGradientError,
@@ -100,13 +102,12 @@ class Data:
     train_path: Optional[Path] = None
     eval_path: Optional[Path] = None
     overlap: int = 0
+    # sha256/size of the bytes parsed, by role, taken at load time (pipeline.data.LoadedFile.facts).
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def files(self) -> list[dict[str, Any]]:
-        out = []
-        for path, rows in ((self.train_path, len(self.train)), (self.eval_path, len(self.eval))):
-            if path is not None:
-                out.append(rep.data_file_facts(path, rows))
-        return out
+        return [self.facts[role] for role in ("train", "eval") if role in self.facts]
 
 
 def data_paths(recipe: Recipe, *, write_demo: bool = True) -> tuple[Optional[Path], Optional[Path]]:
@@ -124,7 +125,7 @@ def data_paths(recipe: Recipe, *, write_demo: bool = True) -> tuple[Optional[Pat
 
 
 def load_data(recipe: Recipe, dist: Optional[Dist] = None) -> Data:
-    from pipeline.data import find_overlap, load_questions
+    from pipeline.data import find_overlap, read_questions
 
     dist = dist or Dist()
 
@@ -134,9 +135,12 @@ def load_data(recipe: Recipe, dist: Optional[Dist] = None) -> Data:
     if not dist.main:
         train_path, eval_path = data_paths(recipe, write_demo=False)
     data = Data(train_path=train_path, eval_path=eval_path)
-    data.train = load_questions(train_path)
+    for role, path in (("train", train_path), ("eval", eval_path)):
+        if path is not None:
+            loaded = read_questions(path)
+            setattr(data, role, loaded.questions)
+            data.facts[role], data.warnings = loaded.facts(), data.warnings + loaded.warnings
     if eval_path is not None:
-        data.eval = load_questions(eval_path)
         data.overlap = len(find_overlap(data.train, data.eval))
     return data
 
@@ -230,13 +234,41 @@ def finetune(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    allow_changes: tuple[str, ...] = (),
     plain: Optional[bool] = None,
     on_step: Optional[Callable[[int, float], None]] = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter as the recipe says; return the report dict (also written to ``output_dir``).
 
-    ``on_step(step, loss)`` is called after every optimizer step (tests use it to interrupt a run).
+    The output folder is checked (a writable folder), locked for the whole run (pipeline/run_lock.py) and
+    cleaned of what killed runs left, before anything else; I/O failures the user can fix become OutputErrors.
+    ``allow_changes``: recipe keys ``--resume`` may change although they alter the optimization
+    (pipeline/resume_policy.py). ``on_step(step, loss)`` is called after every optimizer step (tests use it).
     """
+    dist = setup_distributed()
+    output_dir = Path(recipe.train.output_dir)
+    if dist.main:
+        preflight.check_output_dir(output_dir)
+    with run_lock.hold(output_dir, enabled=dist.main) as previous, preflight.output_errors(output_dir):
+        if dist.main:
+            notes = [f"the previous run ({run_lock.describe(previous)}) ended without releasing it"] if previous else []
+            notes += ckpt.clean_orphans(output_dir)
+            if notes:
+                print(f"{output_dir}: " + "; ".join(notes), flush=True)
+        dist.barrier()
+        return _run(recipe, resume=resume, overwrite=overwrite, allow_changes=allow_changes, plain=plain,
+                    on_step=on_step)
+
+
+def _run(
+    recipe: Recipe,
+    *,
+    resume: bool,
+    overwrite: bool,
+    allow_changes: tuple[str, ...],
+    plain: Optional[bool],
+    on_step: Optional[Callable[[int, float], None]],
+) -> dict[str, Any]:
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t_start = time.monotonic()
     dist = setup_distributed()
@@ -265,12 +297,16 @@ def finetune(
             + (f", {len(data.eval)} evaluation questions from {data.eval_path}" if data.eval_path else ""))
     if data.overlap:
         out.log(f"warning: {data.overlap} evaluation questions also occur in the training file (contamination)")
+    for warning in data.warnings[:10] + ([f"... and {len(data.warnings) - 10} more"] if len(data.warnings) > 10 else []):
+        out.log(warning)
 
     if dist.main:
         resolve_model(recipe.model.name_or_path)  # converts/builds once, before the other ranks look
     dist.barrier()
     model, tokenizer, info = load_for_training(recipe, device)
     examples, batcher = _encode_all(recipe, tokenizer, data, dist)
+    if dist.main:
+        _log_long_rows(recipe, model, tokenizer, data, out)
 
     # Adapter-gradient guard, before any optimizer step (see model.adapters_without_gradient for the design).
     probe = _probe_batch(recipe, examples, tokenizer, dist, device)
@@ -300,6 +336,7 @@ def finetune(
 
     step, history = 0, {"loss": [], "lr": [], "tokens": [], "eval_before": None}
     resumed_from = None
+    run_changes: list[dict[str, Any]] = []  # every recipe/data change made on a resume, with its step
     if resume:
         found = ckpt.latest_checkpoint(output_dir)
         if found is None:
@@ -308,7 +345,10 @@ def finetune(
             state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
             batcher.load_state_dict(state["batcher"])
             step, history, resumed_from = int(state["step"]), state["history"], str(found)
+            run_changes = _resume_changes(recipe, data, found, step, allow_changes, optimizer, scheduler, out)
             out.log(f"resumed from {found} at step {step}")
+    if dist.main:
+        _check_space(recipe, output_dir, params, step, len(data.eval))
 
     eval_kwargs = dict(scoring=recipe.eval.scoring, batch_size=recipe.eval.batch_size, limit=recipe.eval.limit)
     if data.eval and recipe.eval.before_training and history.get("eval_before") is None and dist.main:
@@ -369,7 +409,8 @@ def finetune(
             if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0 and dist.main:
                 ckpt.save_checkpoint(output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
                                      batcher_state=batcher.state_dict(), history=history,
-                                     keep=recipe.train.keep_checkpoints)
+                                     keep=recipe.train.keep_checkpoints,
+                                     run=resume_policy.run_info(recipe.to_dict(), data.facts, run_changes))
             dist.barrier()
             if on_step is not None:
                 on_step(step, step_loss)
@@ -412,6 +453,8 @@ def finetune(
             "steps": step,
             "start_step": start_step,
             "resumed_from": resumed_from,
+            # What --resume changed against the checkpoints' recipe/data, and from which step (resume_policy).
+            "changes_on_resume": run_changes,
             "world_size": dist.world_size,
             "precision": precision,
             "optimizer": recipe.train.optimizer,
@@ -501,6 +544,44 @@ def _evaluate(model, tokenizer, data: Data, kwargs: dict, out_dir: Path, progres
 def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
     with atomic.folder(dest) as tmp:
         model.save_pretrained(tmp)
+
+
+def _resume_changes(recipe: Recipe, data: Data, found: Path, step: int, allow_changes: tuple[str, ...],
+                    optimizer: Any, scheduler: Any, out: Progress) -> list[dict[str, Any]]:
+    """Refuse optimization changes against the checkpoint unless allowed; apply and return those allowed."""
+    stored = ckpt.read_run_info(found)
+    if stored is None:
+        out.log(f"warning: {found} predates stored recipes; cannot check this resume's settings against it")
+        return []
+    resume_policy.check_allowed_keys(allow_changes, recipe.to_dict())
+    changes = resume_policy.compare(stored, recipe.to_dict(), data.facts, step=step, allowed=allow_changes)
+    resume_policy.enforce(changes, str(found))
+    keys = {c.key for c in changes}
+    if keys & {"train.lr", "train.weight_decay"}:
+        resume_policy.apply_to_optimizer(optimizer, scheduler, recipe.train.lr, recipe.train.weight_decay)
+    for change in changes:
+        out.log(f"resume: {change.describe()} ({change.kind}, from step {step})")
+    return list(stored.get("changes", [])) + resume_policy.as_records(changes)
+
+
+def _log_long_rows(recipe: Recipe, model: Any, tokenizer: Any, data: Data, out: Progress) -> None:
+    from pipeline import lengths
+
+    rows = lengths.train_rows_over(data.train, tokenizer, recipe.data.target, recipe.data.max_length)
+    if data.eval:  # evaluate() bounds prompt + choice by the model's context, as lm-eval does
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
+        rows += lengths.eval_rows_over(data.eval, tokenizer, recipe.eval.scoring, context)
+    for message in lengths.summarize(rows):
+        out.log(f"warning: {message}")
+
+
+def _check_space(recipe: Recipe, output_dir: Path, params: list, step: int, eval_questions: int) -> None:
+    estimate = preflight.estimate_space(
+        trainable_params=sum(p.numel() for p in params), param_bytes=max(p.element_size() for p in params),
+        optimizer=recipe.train.optimizer, steps=recipe.train.steps, start_step=step,
+        checkpoint_every=recipe.train.checkpoint_every, keep_checkpoints=recipe.train.keep_checkpoints,
+        eval_questions=eval_questions)
+    preflight.check_space(output_dir, estimate)
 
 
 def _free(device: torch.device) -> None:
