@@ -35,9 +35,9 @@ ASIDE_SUFFIX = ".old"
 _FULL_DISK_BYTES = 1 << 20
 
 
-def _reached(point: str) -> None:
-    """Named points between the steps of a write ("folder:aside", ...): a no-op. Tests replace it in a child
-    process to kill that process at exactly this point instead of racing a signal against the write."""
+def _reached(point: str, dest: Path) -> None:
+    """Named points between the steps of a write to ``dest`` ("folder:aside", ...): a no-op. Tests replace it
+    in a child process to kill that process at exactly this point instead of racing a signal against the write."""
 
 
 def fsync_file(path: Path) -> None:
@@ -81,13 +81,15 @@ def write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        _reached("write_text:written")
+        _reached("write_text:written", path)
         os.replace(tmp, path)
-        _reached("write_text:replaced")
+        _reached("write_text:replaced", path)
         fsync_dir(path.parent)
     except BaseException as exc:
-        _raise_if_disk_full(exc, path)
+        full = _disk_full_error(exc, path)
         Path(tmp).unlink(missing_ok=True)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -97,11 +99,13 @@ def aside_path(dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def folder(dest: Path, *, prefix: Optional[str] = None) -> Iterator[Path]:
+def folder(dest: Path, *, prefix: Optional[str] = None, expected_bytes: int = 0) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``dest``; when the block succeeds it replaces ``dest``.
 
     On any error (or interruption) the temporary folder is removed and ``dest`` is left as it was. The prefix
     starts with a dot so that readers listing the parent (``--resume`` looking for checkpoints) skip it.
+    ``expected_bytes`` (about what the block writes) lets a failure be recognized as a full disk even when the
+    writer removed its partial file itself before failing.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -109,11 +113,13 @@ def folder(dest: Path, *, prefix: Optional[str] = None) -> Iterator[Path]:
     try:
         yield tmp
         fsync_tree(tmp)
-        _reached("folder:written")
+        _reached("folder:written", dest)
         replace_folder(tmp, dest)
     except BaseException as exc:
-        _raise_if_disk_full(exc, dest)
+        full = _disk_full_error(exc, dest, expected_bytes)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -126,10 +132,10 @@ def replace_folder(new: Path, dest: Path) -> None:
             shutil.rmtree(aside)
         os.rename(dest, aside)
         fsync_dir(dest.parent)
-        _reached("folder:aside")
+        _reached("folder:aside", dest)
     os.rename(new, dest)
     fsync_dir(dest.parent)
-    _reached("folder:replaced")
+    _reached("folder:replaced", dest)
     if aside.exists():
         shutil.rmtree(aside)
         fsync_dir(dest.parent)
@@ -184,22 +190,24 @@ def free_bytes(path: Path) -> int:
     return blocks * stats.f_frsize
 
 
-def _raise_if_disk_full(exc: BaseException, dest: Path) -> None:
-    """Turn a writer's failure on a full disk into ``OSError(ENOSPC)`` naming ``dest``.
+def _disk_full_error(exc: BaseException, dest: Path, expected_bytes: int = 0) -> Optional[OSError]:
+    """``OSError(ENOSPC)`` naming ``dest`` for a writer's failure on a full disk, or None.
 
     Some writers hide the OS error: torch.save raises ``RuntimeError: [enforce fail at inline_container.cc]``
-    and safetensors its own error type. When no OSError is chained and the file system is (nearly) full, the
-    disk is the cause; measured before the temporary is removed, which frees the space again.
+    and safetensors its own error type (after deleting its partial file). When no OSError is chained and the
+    file system is (nearly) full, or has less room than the write needed, the disk is the cause; measured before
+    our temporary is removed, which frees the space again.
     """
     if not isinstance(exc, Exception) or os_error_in_chain(exc) is not None:
-        return
+        return None
     try:
         free = free_bytes(Path(dest).parent)
     except OSError:
-        return
-    if free < _FULL_DISK_BYTES:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + f" ({type(exc).__name__} while writing)",
-                      str(dest)) from exc
+        return None
+    if free < max(_FULL_DISK_BYTES, expected_bytes):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + f" ({type(exc).__name__} while writing)",
+                       str(dest))
+    return None
 
 
 def os_error_in_chain(exc: BaseException) -> Optional[OSError]:

@@ -95,7 +95,9 @@ def save_checkpoint(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / f"checkpoint-{step}"
-    with atomic.folder(final, prefix=f"{TMP_PREFIX}{step}-") as tmp:
+    # Adapter + optimizer moments: lets a writer's opaque failure on a full disk be recognized (kit.atomic).
+    expected = 3 * trainable_bytes(model)
+    with atomic.folder(final, prefix=f"{TMP_PREFIX}{step}-", expected_bytes=expected) as tmp:
         model.save_pretrained(tmp / "adapter")
         _save_tensors(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
@@ -111,6 +113,10 @@ def save_checkpoint(
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def trainable_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def _save_tensors(obj: Any, path: Path) -> None:

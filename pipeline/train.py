@@ -542,7 +542,7 @@ def _evaluate(model, tokenizer, data: Data, kwargs: dict, out_dir: Path, progres
 
 
 def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
-    with atomic.folder(dest) as tmp:
+    with atomic.folder(dest, expected_bytes=ckpt.trainable_bytes(model)) as tmp:
         model.save_pretrained(tmp)
 
 
