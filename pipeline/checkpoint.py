@@ -126,6 +126,11 @@ def _save_tensors(obj: Any, path: Path) -> None:
         torch.save(obj, handle)
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint: {"step", "batcher", "history"}."""
+    return json.loads((Path(path) / "state.json").read_text())
+
+
 def read_run_info(path: Path) -> Optional[dict[str, Any]]:
     """The recipe and data hashes a checkpoint was written with (None for checkpoints from before they were kept)."""
     file = Path(path) / RUN_FILE

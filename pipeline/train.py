@@ -342,10 +342,13 @@ def _run(
         if found is None:
             out.log(f"--resume: no complete checkpoint in {output_dir}, starting from step 0")
         else:
+            # Checked before anything is restored: the refusal must name the setting, not a shape mismatch.
+            run_changes, changed = _resume_changes(recipe, data, found, allow_changes, out)
             state = ckpt.load_checkpoint(found, model=model, optimizer=optimizer, scheduler=scheduler)
             batcher.load_state_dict(state["batcher"])
             step, history, resumed_from = int(state["step"]), state["history"], str(found)
-            run_changes = _resume_changes(recipe, data, found, step, allow_changes, optimizer, scheduler, out)
+            if changed & {"train.lr", "train.weight_decay"}:
+                resume_policy.apply_to_optimizer(optimizer, scheduler, recipe.train.lr, recipe.train.weight_decay)
             out.log(f"resumed from {found} at step {step}")
     if dist.main:
         _check_space(recipe, output_dir, params, step, len(data.eval))
@@ -546,22 +549,21 @@ def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
         model.save_pretrained(tmp)
 
 
-def _resume_changes(recipe: Recipe, data: Data, found: Path, step: int, allow_changes: tuple[str, ...],
-                    optimizer: Any, scheduler: Any, out: Progress) -> list[dict[str, Any]]:
-    """Refuse optimization changes against the checkpoint unless allowed; apply and return those allowed."""
+def _resume_changes(recipe: Recipe, data: Data, found: Path, allow_changes: tuple[str, ...],
+                    out: Progress) -> tuple[list[dict[str, Any]], set[str]]:
+    """Refuse optimization changes against the checkpoint unless allowed; return (all changes so far as
+    records, the keys changed now)."""
+    resume_policy.check_allowed_keys(allow_changes, recipe.to_dict())
     stored = ckpt.read_run_info(found)
     if stored is None:
         out.log(f"warning: {found} predates stored recipes; cannot check this resume's settings against it")
-        return []
-    resume_policy.check_allowed_keys(allow_changes, recipe.to_dict())
+        return [], set()
+    step = int(ckpt.read_state(found)["step"])
     changes = resume_policy.compare(stored, recipe.to_dict(), data.facts, step=step, allowed=allow_changes)
     resume_policy.enforce(changes, str(found))
-    keys = {c.key for c in changes}
-    if keys & {"train.lr", "train.weight_decay"}:
-        resume_policy.apply_to_optimizer(optimizer, scheduler, recipe.train.lr, recipe.train.weight_decay)
     for change in changes:
         out.log(f"resume: {change.describe()} ({change.kind}, from step {step})")
-    return list(stored.get("changes", [])) + resume_policy.as_records(changes)
+    return list(stored.get("changes", [])) + resume_policy.as_records(changes), {c.key for c in changes}
 
 
 def _log_long_rows(recipe: Recipe, model: Any, tokenizer: Any, data: Data, out: Progress) -> None:
