@@ -166,18 +166,18 @@ def _whole_file_problem(raw: bytes, where: str) -> str | None:
     if not first.startswith(("[", "{")):
         return None
     try:
-        json.loads(first)
-        return None  # line 1 is a whole JSON value: judge the file line by line
-    except json.JSONDecodeError:
-        pass
-    try:
         document = json.loads(text)
     except json.JSONDecodeError:
         document = None
-    if first.startswith("[") or isinstance(document, list):
+    try:
+        json.loads(first)
+        first_is_whole = True
+    except json.JSONDecodeError:
+        first_is_whole = False
+    if isinstance(document, list) or (first.startswith("[") and not first_is_whole):
         return (f"{where}: the file is one JSON array, expected JSON Lines (one JSON object per line, no enclosing "
                 f"[ ]); convert it with: jq -c '.[]' '{where}' > converted.jsonl")
-    if isinstance(document, dict):
+    if isinstance(document, dict) and not first_is_whole:
         return (f"{where}: the file is one JSON object spread over several lines, expected JSON Lines (each "
                 f"question on one line); convert it with: jq -c . '{where}' > converted.jsonl")
     return None
