@@ -36,6 +36,16 @@ def _fail(message: str) -> int:
     return USAGE_ERROR
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="MedQA QLoRA fine-tune and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,9 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", help="LoRA adapter folder written by finetune (<output_dir>/adapter)")
     ev.add_argument("--data", required=True, help="MedQA or SWAG-style JSONL")
     ev.add_argument("--output", required=True, help="folder for predictions.jsonl and metrics.json")
-    ev.add_argument("--limit", type=int, help="score only the first N questions")
+    ev.add_argument("--limit", type=_positive_int, help="score only the first N questions")
     ev.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     return parser
 
@@ -108,12 +118,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import datetime as dt
     import time
 
+    from pipeline import preflight
     from pipeline import report as rep
     from pipeline.data import read_questions
     from pipeline.evaluate import evaluate, write_eval
     from pipeline.model import choose_device, is_random, load_for_eval, resolve_model
 
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.monotonic()
+    preflight.check_output_dir(Path(args.output), key="--output")  # before minutes of scoring, not at the write
     loaded = read_questions(args.data)
     questions = loaded.questions
     for warning in loaded.warnings:

@@ -127,7 +127,8 @@ def _encode(tokenizer: Any, q: Question, scoring: Scoring, max_length: int) -> _
     if len(context) > room:
         keep = len(bos_prefix(tokenizer))
         if room <= keep:
-            raise ExampleError(f"{q.source}: a choice alone fills max_length {max_length}, expected room for the prompt")
+            raise ExampleError(
+                f"{q.source}: a choice alone fills max_length {max_length}, expected room for the prompt")
         context = context[:keep] + context[len(context) - (room - keep):]
     return _Item(context, choices)
 

@@ -33,13 +33,13 @@ _EVAL_BYTES_PER_QUESTION = 1024  # a predictions.jsonl row with scores for up to
 _MARGIN = 1.2
 
 
-def check_output_dir(output_dir: Path) -> None:
+def check_output_dir(output_dir: Path, *, key: str = "train.output_dir") -> None:
     """Make sure ``output_dir`` is (or can become) a folder we can write in; raise OutputError otherwise."""
     output_dir = Path(output_dir)
     for parent in [output_dir, *output_dir.parents]:
         if parent.exists() and not parent.is_dir():
-            raise OutputError(f"train.output_dir {output_dir}: {parent} is a file, expected a folder; "
-                              "set train.output_dir to a folder path")
+            raise OutputError(f"{key} {output_dir}: {parent} is a file, expected a folder; "
+                              f"set {key} to a folder path")
         if parent.exists():
             break
     with output_errors(output_dir, what="create the output folder"):

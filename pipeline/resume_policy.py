@@ -150,7 +150,7 @@ def apply_to_optimizer(optimizer: Any, scheduler: Any, lr: float, weight_decay: 
     rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas)]
     for group, rate in zip(optimizer.param_groups, rates):
         group["lr"] = rate
-    scheduler._last_lr = rates
+    scheduler._last_lr = rates  # what get_last_lr() returns; the loop logs the lr of the next step from it
 
 
 def as_records(changes: list[Change]) -> list[dict[str, Any]]:

@@ -297,8 +297,6 @@ def _run(
             + (f", {len(data.eval)} evaluation questions from {data.eval_path}" if data.eval_path else ""))
     if data.overlap:
         out.log(f"warning: {data.overlap} evaluation questions also occur in the training file (contamination)")
-    for warning in data.warnings[:10] + ([f"... and {len(data.warnings) - 10} more"] if len(data.warnings) > 10 else []):
-        out.log(warning)
 
     if dist.main:
         resolve_model(recipe.model.name_or_path)  # converts/builds once, before the other ranks look
@@ -306,7 +304,7 @@ def _run(
     model, tokenizer, info = load_for_training(recipe, device)
     examples, batcher = _encode_all(recipe, tokenizer, data, dist)
     if dist.main:
-        _log_long_rows(recipe, model, tokenizer, data, out)
+        _log_data_warnings(recipe, model, tokenizer, data, out)
 
     # Adapter-gradient guard, before any optimizer step (see model.adapters_without_gradient for the design).
     probe = _probe_batch(recipe, examples, tokenizer, dist, device)
@@ -566,15 +564,16 @@ def _resume_changes(recipe: Recipe, data: Data, found: Path, allow_changes: tupl
     return list(stored.get("changes", [])) + resume_policy.as_records(changes), {c.key for c in changes}
 
 
-def _log_long_rows(recipe: Recipe, model: Any, tokenizer: Any, data: Data, out: Progress) -> None:
+def _log_data_warnings(recipe: Recipe, model: Any, tokenizer: Any, data: Data, out: Progress) -> None:
+    """Repeated questions, and rows that will be cut (file:line, how much) in the train and eval files."""
     from pipeline import lengths
 
     rows = lengths.train_rows_over(data.train, tokenizer, recipe.data.target, recipe.data.max_length)
     if data.eval:  # evaluate() bounds prompt + choice by the model's context, as lm-eval does
         context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
         rows += lengths.eval_rows_over(data.eval, tokenizer, recipe.eval.scoring, context)
-    for message in lengths.summarize(rows):
-        out.log(f"warning: {message}")
+    for message in lengths.summarize(data.warnings) + lengths.summarize([f"warning: {m}" for m in rows]):
+        out.log(message)
 
 
 def _check_space(recipe: Recipe, output_dir: Path, params: list, step: int, eval_questions: int) -> None:

@@ -269,3 +269,14 @@ def test_overrides_are_accepted_after_flags():
         parse_args(["finetune", "--recipe", "r.yaml", "--bogus"])
     with pytest.raises(SystemExit):
         parse_args(["evaluate", "--model", "m", "--data", "d", "--output", "o", "train.steps=1"])
+
+
+def test_evaluate_output_problems_are_found_before_scoring(tmp_path, capsys):
+    data = write_questions(tmp_path / "eval.jsonl", 4)
+    (tmp_path / "out").write_text("a file")
+    code = main(["evaluate", "--model", str(tmp_path / "never-loaded"), "--data", str(data),
+                 "--output", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output" in err and "is a file, expected a folder" in err
+    with pytest.raises(SystemExit):
+        parse_args(["evaluate", "--model", "m", "--data", "d", "--output", "o", "--batch-size", "0"])

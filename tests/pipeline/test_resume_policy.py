@@ -40,7 +40,8 @@ def interrupted_run(tiny_model_dir, tmp_path):
         finetune(recipe, on_step=_stop_at(3))
     stored = ckpt.read_run_info(tmp_path / "run" / "checkpoint-2")
     assert stored["recipe"]["train"]["lr"] == 1e-2
-    assert stored["data_files"]["train"]["sha256"] == hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    loaded = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    assert stored["data_files"]["train"]["sha256"] == loaded
     return tmp_path
 
 
