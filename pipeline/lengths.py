@@ -43,8 +43,9 @@ def eval_rows_over(questions: Sequence[Question], tokenizer: Any, scoring: str, 
     for q in questions:
         if not _could_exceed(q, max_length):
             continue
-        prompt = format_prompt(q)
-        n = max(sum(map(len, encode_pair(tokenizer, prompt, text))) for text in continuations(q, scoring))
+        # The longest option by bytes stands for all: a 2 MB prompt tokenized once, not once per option.
+        longest = max(continuations(q, scoring), key=lambda text: len(text.encode()))
+        n = sum(map(len, encode_pair(tokenizer, format_prompt(q), longest)))
         if n > max_length:
             messages.append(f"{q.source}: {n} tokens with its longest option, over the {max_length}-token context "
                             f"used for evaluation: the first {n - max_length} prompt tokens will be cut (as lm-eval "

@@ -117,6 +117,7 @@ def test_stale_lock_of_a_killed_run_is_recognized(tmp_path):
         assert previous is not None and previous["host"] == socket.gethostname()
 
 
+@pytest.mark.slow  # ~3 min on 2 cores: four real processes, one of them a 60-step run
 def test_two_finetunes_into_one_output_dir(tmp_path, tiny_model_dir):
     """A second finetune (and a --resume) beside a running one exit 2 naming it, touch nothing, and the first
     finishes with its own report."""
