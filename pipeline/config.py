@@ -18,10 +18,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-
-from pipeline.errors import RecipeError
-
-__all__ = ["Recipe", "RecipeError", "load_recipe", "valid_range"]
+from pipeline.errors import RecipeError  # defined with the other user errors; importable from here as before
 
 
 def ranged(default: Any, low: Optional[float] = None, high: Optional[float] = None, *,
@@ -33,14 +30,6 @@ def ranged(default: Any, low: Optional[float] = None, high: Optional[float] = No
     model or data is touched.
     """
     return field(default=default, metadata={"range": (low, high, low_open, high_open)})
-
-
-def valid_range(cls: type, name: str) -> Optional[tuple]:
-    """(low, high, low_open, high_open) of a ranged field, or None."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f.metadata.get("range")
-    raise KeyError(name)
 
 
 @dataclass
