@@ -5,9 +5,11 @@
     python -m pipeline evaluate --model DIR [--adapter DIR] --data FILE --output DIR [--limit N] [--scoring cloze]
     python -m pipeline compare  RUN_A RUN_B [--output DIR]
 
-Mistakes in what the user gave us (recipe keys and types, data rows, an impossible setting for this machine) exit
-with status 2 and a short message naming the key, file:line or setting, never a traceback: the user's fix is in
-their input, not in our code. Real bugs still raise with a traceback.
+Mistakes in what the user gave us (recipe keys and types, data rows, an impossible setting for this machine, an
+unusable output folder) exit with status 2 and a short message naming the key, file:line or setting, never a
+traceback: the user's fix is in their input, not in our code. What counts as such a mistake is decided by type
+(``pipeline.errors.UserError``), never by the words of a message; everything else is a bug and raises with a
+traceback. Recipe overrides (``section.key=value``) may stand anywhere on the command line, also after flags.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ def _fail(message: str) -> int:
     return USAGE_ERROR
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="MedQA QLoRA fine-tune and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     fine.add_argument("overrides", nargs="*", metavar="section.key=value")
     fine.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     fine.add_argument("--overwrite", action="store_true", help="discard checkpoints already in train.output_dir")
+    fine.add_argument("--allow-changes", default="", metavar="KEY,...",
+                      help="with --resume: recipe keys (e.g. train.lr,data.train) that may differ from the "
+                           "checkpoint's although they change the optimization; the report records the change")
     fine.add_argument("--plain", action="store_true", help="plain log lines instead of a progress bar")
 
     ev = sub.add_parser("evaluate", help="score a model (and adapter) on a MedQA file")
@@ -55,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", help="LoRA adapter folder written by finetune (<output_dir>/adapter)")
     ev.add_argument("--data", required=True, help="MedQA or SWAG-style JSONL")
     ev.add_argument("--output", required=True, help="folder for predictions.jsonl and metrics.json")
-    ev.add_argument("--limit", type=int, help="score only the first N questions")
+    ev.add_argument("--limit", type=_positive_int, help="score only the first N questions")
     ev.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ev.add_argument("--group-by", metavar="FIELD", help="also break accuracy down by this field of the data rows")
 
@@ -68,12 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """argparse, with ``section.key=value`` overrides accepted after flags too (``--resume train.steps=10``):
+    argparse's ``nargs="*"`` positional only takes the first run of positionals."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    from pipeline.config import RecipeError
-    from pipeline.data import DataError
-    from pipeline.errors import UnsupportedError
-    from pipeline.predictions import PredictionsError
+    args = parse_args(argv)
+    from pipeline.errors import UserError
 
     try:
         if args.command == "prepare":
@@ -83,18 +108,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "compare":
             return cmd_compare(args)
         return cmd_evaluate(args)
-    except (RecipeError, DataError, UnsupportedError, FileNotFoundError, PredictionsError) as exc:
+    except UserError as exc:
         return _fail(str(exc))
-    except ValueError as exc:
-        # encode_example and the batcher raise ValueError naming the example (file:line) or the setting.
-        if _is_input_error(exc):
-            return _fail(str(exc))
-        raise
-
-
-def _is_input_error(exc: ValueError) -> bool:
-    text = str(exc)
-    return "expected" in text or ".jsonl:" in text
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -102,20 +117,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from pipeline.train import finetune
 
     recipe = load_recipe(args.recipe, args.overrides)
-    finetune(recipe, resume=args.resume, overwrite=args.overwrite, plain=True if args.plain else None)
+    allow = tuple(k.strip() for k in args.allow_changes.split(",") if k.strip())
+    finetune(recipe, resume=args.resume, overwrite=args.overwrite, allow_changes=allow,
+             plain=True if args.plain else None)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
 
+    from pipeline import preflight
     from pipeline import report as rep
-    from pipeline.data import load_questions
+    from pipeline.data import read_questions
     from pipeline.evaluate import evaluate, write_eval
     from pipeline.model import choose_device, is_random, load_for_eval, resolve_model
 
     started, t0 = rep.utc_now(), time.monotonic()
-    questions = load_questions(args.data)
+    preflight.check_output_dir(Path(args.output), key="--output")  # before minutes of scoring, not at the write
+    loaded = read_questions(args.data)
+    questions = loaded.questions
+    for warning in loaded.warnings:
+        print(warning, file=sys.stderr)
     device = choose_device(args.device)
     model, tokenizer = load_for_eval(args.model, args.adapter, device=device)
     result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=args.batch_size, limit=args.limit)
@@ -129,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                "random_weights": is_random(str(resolve_model(args.model))),
                "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
         device=device,
-        data={"files": [rep.data_file_facts(Path(args.data), len(questions))]},
+        data={"files": [loaded.facts()]},  # hashed as read, not re-read at report time
         evaluation={"scoring": args.scoring, "file": str(args.data), "limit": args.limit,
                     "batch_size": args.batch_size, "group_by": args.group_by, "result": result.metrics},
     ))
@@ -159,21 +181,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Validate data (every problem as file:line), report rows, contamination and token lengths; write demo data."""
     from pipeline.config import load_recipe
-    from pipeline.data import DataError, find_overlap, load_questions
+    from pipeline.data import DataError, find_overlap, read_questions
     from pipeline.prompts import encode_example
+    from pipeline import lengths, run_lock
     from pipeline.train import data_paths
 
     recipe = load_recipe(args.recipe, args.overrides)
-    train_path, eval_path = data_paths(recipe)
+    # Writing the demo data into a folder a run is using would change that run's data under it.
+    demo = recipe.data.source == "demo"
+    with run_lock.hold(Path(recipe.train.output_dir), enabled=demo):
+        train_path, eval_path = data_paths(recipe)
     problems: list[str] = []
     loaded = {}
     for role, path in (("train", train_path), ("eval", eval_path)):
         if path is None:
             continue
         try:
-            loaded[role] = load_questions(path)
+            read = read_questions(path)
         except DataError as exc:
             problems.extend(exc.problems)
+            continue
+        loaded[role] = read.questions
+        for warning in read.warnings:
+            print(warning)
     if problems:
         raise DataError(problems)
     summary: dict = {"recipe": str(args.recipe)}
@@ -192,12 +222,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     tokenizer = _tokenizer_for(recipe.model.name_or_path, recipe.model.trust_remote_code)
     big = 10**9  # measure untruncated lengths
-    lengths = [len(encode_example(tokenizer, q, recipe.data.target, big)["input_ids"]) for q in loaded["train"]]
-    stats = _length_stats(lengths, recipe.data.max_length)
+    token_lengths = [len(encode_example(tokenizer, q, recipe.data.target, big)["input_ids"]) for q in loaded["train"]]
+    stats = _length_stats(token_lengths, recipe.data.max_length)
     summary["train_tokens"] = stats
     print(f"train token lengths ({recipe.data.target} target): min {stats['min']}, median {stats['median']}, "
           f"p95 {stats['p95']}, max {stats['max']}; {stats['over_max_length']} over data.max_length "
           f"{recipe.data.max_length} (their prompt's start is cut)")
+    long_rows = lengths.train_rows_over(loaded["train"], tokenizer, recipe.data.target, recipe.data.max_length)
+    if "eval" in loaded:
+        context = _context_length(recipe.model.name_or_path)
+        long_rows += lengths.eval_rows_over(loaded["eval"], tokenizer, recipe.eval.scoring, context)
+    for message in lengths.summarize(long_rows):
+        print(f"warning: {message}")
     print(json.dumps(summary))
     return 0
 
@@ -212,6 +248,18 @@ def _tokenizer_for(name_or_path: str, trust_remote_code: bool):
         return train_tokenizer(512)
     resolved = resolve_model(name_or_path)
     return _loading(resolved, lambda: load_tokenizer(resolved, trust_remote_code))
+
+
+def _context_length(name_or_path: str) -> int:
+    """The model's context (max_position_embeddings), which bounds evaluation prompts; 4096 when unknown."""
+    from pipeline.model import RANDOM_PREFIX, parse_random_spec, resolve_model
+
+    if name_or_path.startswith(RANDOM_PREFIX):
+        return int(parse_random_spec(name_or_path)["max_position_embeddings"])
+    config = Path(resolve_model(name_or_path)) / "config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_position_embeddings") or 4096)
+    return 4096
 
 
 def _length_stats(lengths: list[int], max_length: int) -> dict:

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import torch
 
+from pipeline.errors import ResumeError
 from pipeline.prompts import IGNORE_INDEX
 
 
@@ -118,7 +119,7 @@ class LengthGroupedBatches:
         for key in ("seed", "num_examples", "batch_size", "world_size", "group_by_length", "mega_batches"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
-                raise ValueError(
+                raise ResumeError(
                     f"cannot resume batches: checkpoint has {key}={state[key]!r}, this run has {key}={mine!r}; "
                     "expected the same data and batch settings as the interrupted run"
                 )

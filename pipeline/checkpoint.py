@@ -4,7 +4,12 @@ A checkpoint is a folder ``<output_dir>/checkpoint-<step>`` holding everything n
 the run stopped: the LoRA adapter (peft format, loadable on its own), optimizer and scheduler state, every RNG
 (python, numpy, torch CPU and CUDA), the batcher's position, the step and the per-step history. It is written into
 a hidden temporary folder, a ``COMPLETE`` marker goes in last, and one ``os.replace`` puts it in place: a run killed
-mid-write leaves only a ``.tmp-*`` folder, which ``latest_checkpoint`` ignores (and the next save removes).
+mid-write leaves only a hidden ``.tmp-checkpoint-*`` folder, which ``latest_checkpoint`` ignores and
+``clean_orphans`` removes when the next run takes over the folder.
+
+Each checkpoint also records the recipe it was trained with and the sha256 of the data files as they were loaded
+(``run.json``), so ``--resume`` can refuse to continue with other settings or other data than it claims
+(pipeline/resume_policy.py).
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import numpy as np
 import torch
 
 from kit import atomic
+from pipeline.errors import ResumeError
 
 COMPLETE = "COMPLETE"
+RUN_FILE = "run.json"
+TMP_PREFIX = ".tmp-checkpoint-"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -76,27 +84,76 @@ def save_checkpoint(
     batcher_state: dict[str, Any],
     history: dict[str, Any],
     keep: int,
+    run: Optional[dict[str, Any]] = None,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints."""
+    """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints.
+
+    ``run`` ({"recipe": ..., "data_files": [...], "changes": [...]}) is stored as ``run.json`` for the resume policy.
+    Stale temporaries are not removed here: only the folder's owner may, once, when it takes the folder
+    (``clean_orphans``); a save cannot tell a dead writer's temporary from a live one's.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob(".tmp-checkpoint-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
     final = output_dir / f"checkpoint-{step}"
-    with atomic.folder(final, prefix=f".tmp-checkpoint-{step}-") as tmp:
+    # Adapter + optimizer moments: lets a writer's opaque failure on a full disk be recognized (kit.atomic).
+    expected = 3 * trainable_bytes(model)
+    with atomic.folder(final, prefix=f"{TMP_PREFIX}{step}-", expected_bytes=expected) as tmp:
         model.save_pretrained(tmp / "adapter")
-        torch.save(
+        _save_tensors(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
             tmp / "training_state.pt",
         )
         (tmp / "state.json").write_text(
             json.dumps({"step": step, "batcher": batcher_state, "history": history}, indent=1)
         )
+        if run is not None:
+            (tmp / RUN_FILE).write_text(json.dumps(run, indent=1, default=str))
         (tmp / COMPLETE).write_text(f"{step}\n")
     if keep > 0:
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def trainable_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def _save_tensors(obj: Any, path: Path) -> None:
+    # Through a Python file object, so a failed write (full disk) surfaces as the OSError chained to torch's
+    # RuntimeError; given a path, torch's C++ writer reports only "enforce fail at inline_container.cc".
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """``state.json`` of a checkpoint: {"step", "batcher", "history"}."""
+    return json.loads((Path(path) / "state.json").read_text())
+
+
+def read_run_info(path: Path) -> Optional[dict[str, Any]]:
+    """The recipe and data hashes a checkpoint was written with (None for checkpoints from before they were kept)."""
+    file = Path(path) / RUN_FILE
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def clean_orphans(output_dir: Path) -> list[str]:
+    """Remove what killed writers left in ``output_dir`` and restore interrupted replaces; return what was done.
+
+    Call only while holding the folder's run lock (pipeline/run_lock.py): then no live writer can own any of it.
+    """
+    output_dir = Path(output_dir)
+    done: list[str] = []
+    if not output_dir.is_dir():
+        return done
+    # Names used before every temporary ended in ".tmp": ".tmp-checkpoint-*" and ".adapter-*" folders.
+    for legacy in [*output_dir.glob(f"{TMP_PREFIX}*"), *output_dir.glob(".adapter-*")]:
+        if legacy.is_dir() and not legacy.name.endswith((atomic.TMP_SUFFIX, atomic.ASIDE_SUFFIX)):
+            shutil.rmtree(legacy)
+            done.append(f"removed {legacy.name}")
+    for folder in (output_dir, output_dir / "eval", output_dir / "eval-before", output_dir / "data"):
+        done += atomic.clean_temporaries(folder)
+    return done
 
 
 def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
@@ -110,7 +167,7 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer,
     result = set_peft_model_state_dict(model, state_dict)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
-        raise ValueError(
+        raise ResumeError(
             f"{weights}: adapter has weights this model lacks ({unexpected[:3]}); expected the same lora settings"
         )
     # weights_only: the file holds only tensors and plain containers; never unpickle arbitrary objects.

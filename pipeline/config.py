@@ -9,6 +9,7 @@ that names the key instead of a silently ignored setting. Any key can be overrid
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +18,18 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from pipeline.errors import RecipeError  # defined with the other user errors; importable from here as before
 
-class RecipeError(ValueError):
-    """A recipe file or override is invalid; the message names the file and key."""
+
+def ranged(default: Any, low: Optional[float] = None, high: Optional[float] = None, *,
+           low_open: bool = False, high_open: bool = False) -> Any:
+    """A dataclass field whose value must lie in [low, high] (open ends where asked); checked at load time.
+
+    Out-of-range numbers used to run anyway (``train.steps=-5`` finished "completed" with an untrained adapter),
+    so every number in the schema states its range here, and ``load_recipe`` refuses one outside it before any
+    model or data is touched.
+    """
+    return field(default=default, metadata={"range": (low, high, low_open, high_open)})
 
 
 @dataclass
@@ -51,9 +61,9 @@ class QuantizationConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.05
+    r: int = ranged(64, 1)
+    alpha: int = ranged(128, 1)
+    dropout: float = ranged(0.05, 0.0, 1.0, high_open=True)
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
@@ -69,28 +79,28 @@ class DataConfig:
     prompt: Literal["medqa"] = "medqa"
     # The training target: the answer letter (" C") or the answer text (" Tell the attending ...").
     target: Literal["letter", "text"] = "letter"
-    max_length: int = 1024
+    max_length: int = ranged(1024, 8)  # room for a prompt token, an answer and EOS
     # Batches of similar length keep padding low (MedQA prompts: median ~200 tokens, tail ~800).
     group_by_length: bool = True
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
-    batch_size: int = 8  # per device
-    grad_accum: int = 1
+    steps: int = ranged(3000, 1)
+    batch_size: int = ranged(8, 1)  # per device
+    grad_accum: int = ranged(1, 1)
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
-    lr: float = 2e-4
-    weight_decay: float = 0.0
+    lr: float = ranged(2e-4, 0.0, 1.0, low_open=True)
+    weight_decay: float = ranged(0.0, 0.0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = 0
-    max_grad_norm: Optional[float] = 1.0
+    warmup_steps: int = ranged(0, 0)
+    max_grad_norm: Optional[float] = ranged(1.0, 0.0, low_open=True)  # null: no clipping
     # bf16 autocast where the device supports it; fp32 otherwise. "auto" picks.
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    checkpoint_every: int = 500  # optimizer steps; 0 disables
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 42
+    checkpoint_every: int = ranged(500, 0)  # optimizer steps; 0 disables
+    keep_checkpoints: int = ranged(2, 0)  # 0 keeps all
+    log_every: int = ranged(10, 1)
+    seed: int = ranged(42, 0, 2**32 - 1)  # numpy seeds are 32-bit
     output_dir: str = "runs/default"
     device: Literal["auto", "cuda", "cpu"] = "auto"
 
@@ -100,8 +110,8 @@ class EvalConfig:
     # letter: log-likelihood of " A".." E" after the prompt (lm-eval medqa_4options).
     # cloze: log-likelihood of each option's text after the prompt, reported as acc and acc_norm.
     scoring: Literal["letter", "cloze"] = "letter"
-    batch_size: int = 8
-    limit: Optional[int] = None
+    batch_size: int = ranged(8, 1)
+    limit: Optional[int] = ranged(None, 1)  # null: every question
     before_training: bool = False  # also evaluate the base model, to print accuracy before and after
     # A field of the evaluation data rows (e.g. "category") to break accuracy down by in the report, besides
     # MedQA's meta_info; read back from each row by its path:line.
@@ -168,7 +178,29 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
+        bounds = fields[name].metadata.get("range")
+        if bounds is not None and kwargs[name] is not None:
+            _check_range(kwargs[name], bounds, where, f"{prefix}{name}")
+    # No cross-key rule for warmup_steps > steps: a short trial run of a long recipe (train.steps=5) is legitimate.
     return cls(**kwargs)
+
+
+def _check_range(value: float, bounds: tuple, where: str, key: str) -> None:
+    low, high, low_open, high_open = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecipeError(f"{where}: key {key!r} must be a finite number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not (too_low or too_high):
+        return
+    if high is None:
+        wanted = f"greater than {low}" if low_open else f"at least {low}"
+    elif low is None:
+        wanted = f"less than {high}" if high_open else f"at most {high}"
+    else:
+        left, right = ("(" if low_open else "["), (")" if high_open else "]")
+        wanted = f"in {left}{low}, {high}{right}"
+    raise RecipeError(f"{where}: key {key!r} must be {wanted}, got {value!r}")
 
 
 def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:

@@ -16,12 +16,16 @@ row, and editors and ``cat a b > c`` create them; everything else that is not a 
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,7 @@ class Question:
         return list(self.options).index(self.answer_idx)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file has invalid rows; ``problems`` holds every one as "path:line: what is wrong, expected what"."""
 
     def __init__(self, problems: list[str]):
@@ -64,16 +68,57 @@ class DataError(ValueError):
         super().__init__(text)
 
 
+@dataclass(frozen=True)
+class LoadedFile:
+    """A question file as it was read: its questions, and the sha256 and size of exactly the bytes parsed.
+
+    The digest is taken from the bytes in memory, not by reading the file again later: a file replaced while
+    the run was going (or between the load and the report) is then recorded as what was trained on.
+    """
+
+    path: Path
+    sha256: str
+    bytes: int
+    questions: list[Question]
+    warnings: list[str]
+
+    def facts(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sha256": self.sha256, "rows": len(self.questions), "bytes": self.bytes}
+
+
 def load_questions(path: str | Path) -> list[Question]:
     """Read every question of a MedQA or SWAG-style JSONL file; raise DataError listing all invalid lines."""
+    loaded = read_questions(path)
+    for warning in loaded.warnings:
+        logger.warning("%s", warning)
+    return loaded.questions
+
+
+def read_questions(path: str | Path) -> LoadedFile:
+    """``load_questions`` plus what was read: the sha256 of the parsed bytes and warnings (repeated questions)."""
     where = str(path)
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise DataError([f"{where}: cannot read the file ({exc.strerror or exc}), expected a readable JSONL file"])
+    digest = hashlib.sha256(raw).hexdigest()
+    whole_file_problem = _whole_file_problem(raw, where)
+    if whole_file_problem:
+        raise DataError([whole_file_problem])
+    # Notepad and Excel's "CSV UTF-8" put a byte order mark first; it is not part of the first row.
+    body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    questions, problems = _parse_lines(body, where)
+    if not problems and not questions:
+        problems.append(f"{where}: no questions in the file, expected at least one JSON object line")
+    if problems:
+        raise DataError(problems)
+    return LoadedFile(Path(path), digest, len(raw), questions, repeated_questions(questions))
+
+
+def _parse_lines(body: bytes, where: str) -> tuple[list[Question], list[str]]:
     questions: list[Question] = []
     problems: list[str] = []
-    for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
+    for number, line_bytes in enumerate(body.split(b"\n"), start=1):
         loc = f"{where}:{number}"
         try:
             line = line_bytes.decode("utf-8")
@@ -103,11 +148,56 @@ def load_questions(path: str | Path) -> list[Question]:
         problems.extend(row_problems)
         if question is not None:
             questions.append(question)
-    if not problems and not questions:
-        problems.append(f"{where}: no questions in the file, expected at least one JSON object line")
-    if problems:
-        raise DataError(problems)
-    return questions
+    return questions, problems
+
+
+def _whole_file_problem(raw: bytes, where: str) -> str | None:
+    """A file that is not JSON Lines at all gets one message saying what it is and how to convert it, instead of
+    one "not valid UTF-8/JSON" per line."""
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
+        # UTF-16 without a byte order mark: ASCII text shows as every other byte zero.
+        len(raw) >= 4 and raw[:200].count(0) >= len(raw[:200]) // 3
+    )
+    if utf16:
+        return (f"{where}: the file is UTF-16 text (as Windows tools often save), expected UTF-8 JSON Lines; "
+                f"convert it with: iconv -f UTF-16 -t UTF-8 '{where}' > converted.jsonl")
+    text = raw.decode("utf-8-sig", errors="replace")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not first.startswith(("[", "{")):
+        return None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        document = None
+    try:
+        json.loads(first)
+        first_is_whole = True
+    except json.JSONDecodeError:
+        first_is_whole = False
+    if isinstance(document, list) or (first.startswith("[") and not first_is_whole):
+        return (f"{where}: the file is one JSON array, expected JSON Lines (one JSON object per line, no enclosing "
+                f"[ ]); convert it with: jq -c '.[]' '{where}' > converted.jsonl")
+    if isinstance(document, dict) and not first_is_whole:
+        return (f"{where}: the file is one JSON object spread over several lines, expected JSON Lines (each "
+                f"question on one line); convert it with: jq -c . '{where}' > converted.jsonl")
+    return None
+
+
+def repeated_questions(questions: list[Question]) -> list[str]:
+    """Warnings for questions that occur twice in one file (same text up to case and whitespace), naming both
+    lines: a repeat is trained on twice (or scored twice) and is often a merge mistake."""
+    first_seen: dict[str, Question] = {}
+    warnings = []
+    for q in questions:
+        key = normalize_question(q.question)
+        if key in first_seen:
+            earlier = first_seen[key]
+            same = "same" if earlier.options == q.options else "different"
+            warnings.append(f"warning: {q.source}: repeats the question of line {earlier.source.rsplit(':', 1)[1]} "
+                            f"({same} options)")
+        else:
+            first_seen[key] = q
+    return warnings
 
 
 def _parse_medqa(row: dict[str, Any], loc: str) -> tuple[Question | None, list[str]]:

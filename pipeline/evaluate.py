@@ -38,6 +38,7 @@ import torch
 from kit import atomic
 from pipeline.compat import returned_cache as _returned_cache
 from pipeline.data import Question
+from pipeline.errors import ExampleError
 from pipeline.prompts import bos_prefix, continuations, encode_pair, format_prompt
 
 Scoring = Literal["letter", "cloze"]
@@ -121,13 +122,14 @@ def _encode(tokenizer: Any, q: Question, scoring: Scoring, max_length: int) -> _
     for text in continuations(q, scoring):
         context, choice = encode_pair(tokenizer, prompt, text)
         if not choice:
-            raise ValueError(f"{q.source}: choice {text!r} encodes to no tokens, expected at least one")
+            raise ExampleError(f"{q.source}: choice {text!r} encodes to no tokens, expected at least one")
         choices.append(choice)
     room = max_length - max(len(c) for c in choices)
     if len(context) > room:
         keep = len(bos_prefix(tokenizer))
         if room <= keep:
-            raise ValueError(f"{q.source}: a choice alone fills max_length {max_length}, expected room for the prompt")
+            raise ExampleError(
+                f"{q.source}: a choice alone fills max_length {max_length}, expected room for the prompt")
         context = context[:keep] + context[len(context) - (room - keep):]
     return _Item(context, choices)
 

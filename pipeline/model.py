@@ -24,7 +24,7 @@ import torch
 from pipeline import smollm2
 from pipeline.compat import auto_tokenizer, checkpointing_active
 from pipeline.config import Recipe
-from pipeline.errors import AdapterGradientError, UnsupportedError
+from pipeline.errors import AdapterGradientError, ModelNotFoundError, UnsupportedError
 from pipeline.precision import DTYPES, SHORT_NAMES, base_dtype, bf16_supported, gpu_has_bf16
 # The synthetic models live in tiny.py; their names stay importable from here for older call sites.
 from pipeline.tiny import (  # noqa: F401
@@ -77,10 +77,10 @@ def resolve_model(name_or_path: str) -> str:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model folder {path} has no config.json: expected a Hugging Face checkpoint")
+            raise ModelNotFoundError(f"model folder {path} has no config.json: expected a Hugging Face checkpoint")
         return str(path)
     if name_or_path.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model folder {name_or_path} does not exist")
+        raise ModelNotFoundError(f"model folder {name_or_path} does not exist")
     return name_or_path
 
 
@@ -90,7 +90,7 @@ def _loading(name: str, load: Any) -> Any:
         return load()
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             f"cannot load model {name!r}: {first[:300].rstrip('.')}. Expected a local checkpoint folder, "
             "'smollm2-135m-instruct', or a hub id on a host that can reach the hub (HF_HUB_OFFLINE unset)"
         ) from exc
@@ -387,7 +387,7 @@ def load_for_eval(
         from peft import PeftModel
 
         if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(
+            raise ModelNotFoundError(
                 f"adapter folder {adapter} has no adapter_config.json: expected a peft LoRA adapter"
             )
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()

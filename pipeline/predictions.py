@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
 from pipeline.stats import softmax
 
 FILE = "predictions.jsonl"
 _REQUIRED = {"source": str, "gold": str, "predicted": str, "correct": bool, "scores": dict}
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError, ValueError):
     """A predictions file (or a pair of them) cannot be used; the message names the file and line."""
 
 

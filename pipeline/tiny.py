@@ -14,6 +14,7 @@ from typing import Any
 from kit import atomic
 from pipeline import smollm2
 from pipeline.compat import plain_tokenizer_class
+from pipeline.errors import RecipeError
 
 RANDOM_PREFIX = "random:"
 RANDOM_MARKER = "RANDOM_WEIGHTS.txt"
@@ -118,12 +119,12 @@ def parse_random_spec(spec: str) -> dict[str, Any]:
     body = spec[len(RANDOM_PREFIX):]
     preset, _, extra = body.partition(":")
     if preset not in RANDOM_PRESETS:
-        raise ValueError(f"model {spec!r}: unknown random preset {preset!r}, expected one of {sorted(RANDOM_PRESETS)}")
+        raise RecipeError(f"model {spec!r}: unknown random preset {preset!r}, expected one of {sorted(RANDOM_PRESETS)}")
     shape = dict(RANDOM_PRESETS[preset])
     for item in filter(None, (p.strip() for p in extra.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in shape:
-            raise ValueError(f"model {spec!r}: override {item!r} must be one of {sorted(shape)}=<integer>")
+            raise RecipeError(f"model {spec!r}: override {item!r} must be one of {sorted(shape)}=<integer>")
         shape[key] = float(value) if key == "rms_norm_eps" else int(value)
     return shape
 

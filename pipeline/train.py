@@ -26,7 +26,9 @@ import torch
 
 from kit import atomic
 from pipeline import checkpoint as ckpt
+from pipeline import preflight
 from pipeline import report as rep
+from pipeline import resume_policy, run_lock
 from pipeline.config import Recipe, RecipeError
 from pipeline.distributed import Dist, setup_distributed
 from pipeline.loss import AnswerLoss, mean_answer_loss
@@ -56,13 +58,12 @@ class Data:
     train_path: Optional[Path] = None
     eval_path: Optional[Path] = None
     overlap: int = 0
+    # sha256/size of the bytes parsed, by role, taken at load time (pipeline.data.LoadedFile.facts).
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def files(self) -> list[dict[str, Any]]:
-        out = []
-        for path, rows in ((self.train_path, len(self.train)), (self.eval_path, len(self.eval))):
-            if path is not None:
-                out.append(rep.data_file_facts(path, rows))
-        return out
+        return [self.facts[role] for role in ("train", "eval") if role in self.facts]
 
 
 def data_paths(recipe: Recipe, *, write_demo: bool = True) -> tuple[Optional[Path], Optional[Path]]:
@@ -80,7 +81,7 @@ def data_paths(recipe: Recipe, *, write_demo: bool = True) -> tuple[Optional[Pat
 
 
 def load_data(recipe: Recipe, dist: Optional[Dist] = None) -> Data:
-    from pipeline.data import find_overlap, load_questions
+    from pipeline.data import find_overlap, read_questions
 
     dist = dist or Dist()
 
@@ -90,9 +91,12 @@ def load_data(recipe: Recipe, dist: Optional[Dist] = None) -> Data:
     if not dist.main:
         train_path, eval_path = data_paths(recipe, write_demo=False)
     data = Data(train_path=train_path, eval_path=eval_path)
-    data.train = load_questions(train_path)
+    for role, path in (("train", train_path), ("eval", eval_path)):
+        if path is not None:
+            loaded = read_questions(path)
+            setattr(data, role, loaded.questions)
+            data.facts[role], data.warnings = loaded.facts(), data.warnings + loaded.warnings
     if eval_path is not None:
-        data.eval = load_questions(eval_path)
         data.overlap = len(find_overlap(data.train, data.eval))
     return data
 
@@ -121,8 +125,11 @@ class FineTuneRun:
     train_module: torch.nn.Module  # train: AnswerLoss, wrapped in DDP under torchrun
 
     def __init__(self, recipe: Recipe, *, resume: bool = False, overwrite: bool = False,
-                 plain: Optional[bool] = None, on_step: Optional[Callable[[int, float], None]] = None):
+                 allow_changes: tuple[str, ...] = (), plain: Optional[bool] = None,
+                 on_step: Optional[Callable[[int, float], None]] = None):
         self.recipe, self.resume, self.overwrite, self.plain, self.on_step = recipe, resume, overwrite, plain, on_step
+        self.allow_changes = allow_changes
+        self.run_changes: list[dict[str, Any]] = []  # every recipe/data change made on a resume, with its step
         self.started_at = rep.utc_now()
         self.t_start = time.monotonic()
         self.dist = setup_distributed()
@@ -140,11 +147,30 @@ class FineTuneRun:
         self.tokens_this_run, self.train_seconds = 0, 0.0
 
     def run(self) -> dict[str, Any]:
+        """The steps in order, holding the output folder (one owner, pipeline/run_lock.py) for the whole run;
+        I/O failures the user can fix (full disk, read-only folder) become OutputErrors."""
+        if self.dist.main:
+            preflight.check_output_dir(self.output_dir)
+        with run_lock.hold(self.output_dir, enabled=self.dist.main) as previous, \
+                preflight.output_errors(self.output_dir):
+            if self.dist.main:
+                self._clean_after_killed_runs(previous)
+            self.dist.barrier()
+            return self._steps()
+
+    def _clean_after_killed_runs(self, previous: Any) -> None:
+        notes = [f"the previous run ({run_lock.describe(previous)}) ended without releasing it"] if previous else []
+        notes += ckpt.clean_orphans(self.output_dir)
+        if notes:
+            print(f"{self.output_dir}: " + "; ".join(notes), flush=True)
+
+    def _steps(self) -> dict[str, Any]:
         self.prepare_output()
         self.setup_data()
         self.setup_model()
         self.setup_optimizer()
         self.restore_state()
+        self.check_space()
         self.evaluate_before()
         self.train()
         self.save()
@@ -186,6 +212,8 @@ class FineTuneRun:
         self.dist.barrier()
         self.model, self.tokenizer, self.info = load_for_training(self.recipe, self.device)
         self.examples, self.batcher = _encode_all(self.recipe, self.tokenizer, self.data, self.dist)
+        if self.dist.main:
+            _log_data_warnings(self.recipe, self.model, self.tokenizer, self.data, self.out)
         self._guard_adapters()
         info = self.info
         self.out.log(f"model: {info.resolved_path} | quantization {info.quantization_path} "
@@ -245,10 +273,27 @@ class FineTuneRun:
         if found is None:
             self.out.log(f"--resume: no complete checkpoint in {self.output_dir}, starting from step 0")
             return
+        # Checked before anything is restored: the refusal must name the setting, not a shape mismatch.
+        self.run_changes, changed = _resume_changes(self.recipe, self.data, found, self.allow_changes, self.out)
         state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
         self.batcher.load_state_dict(state["batcher"])
         self.step, self.history, self.resumed_from = int(state["step"]), state["history"], str(found)
+        if changed & {"train.lr", "train.weight_decay"}:
+            resume_policy.apply_to_optimizer(self.optimizer, self.scheduler, self.recipe.train.lr,
+                                             self.recipe.train.weight_decay)
         self.out.log(f"resumed from {found} at step {self.step}")
+
+    def check_space(self) -> None:
+        """Before step 1: the space the run's checkpoints, adapter and evaluations need, against what is free."""
+        if not self.dist.main:
+            return
+        recipe, params = self.recipe, self.params
+        estimate = preflight.estimate_space(
+            trainable_params=sum(p.numel() for p in params), param_bytes=max(p.element_size() for p in params),
+            optimizer=recipe.train.optimizer, steps=recipe.train.steps, start_step=self.step,
+            checkpoint_every=recipe.train.checkpoint_every, keep_checkpoints=recipe.train.keep_checkpoints,
+            eval_questions=len(self.data.eval))
+        preflight.check_space(self.output_dir, estimate)
 
     # ---- evaluate, train, save
 
@@ -333,7 +378,8 @@ class FineTuneRun:
         if every and self.step % every == 0 and self.dist.main:
             ckpt.save_checkpoint(self.output_dir, self.step, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler, batcher_state=self.batcher.state_dict(),
-                                 history=self.history, keep=self.recipe.train.keep_checkpoints)
+                                 history=self.history, keep=self.recipe.train.keep_checkpoints,
+                                 run=resume_policy.run_info(self.recipe.to_dict(), self.data.facts, self.run_changes))
 
     def save(self) -> None:
         if self.dist.main:
@@ -392,6 +438,8 @@ class FineTuneRun:
             "steps": self.step,
             "start_step": self.start_step,
             "resumed_from": self.resumed_from,
+            # What --resume changed against the checkpoints' recipe/data, and from which step (resume_policy).
+            "changes_on_resume": self.run_changes,
             "world_size": self.dist.world_size,
             "precision": self.precision,
             "optimizer": t.optimizer,
@@ -441,14 +489,17 @@ def finetune(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    allow_changes: tuple[str, ...] = (),
     plain: Optional[bool] = None,
     on_step: Optional[Callable[[int, float], None]] = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter as the recipe says; return the report dict (also written to ``output_dir``).
 
-    ``on_step(step, loss)`` is called after every optimizer step (tests use it to interrupt a run).
+    ``allow_changes``: recipe keys ``--resume`` may change although they alter the optimization
+    (pipeline/resume_policy.py). ``on_step(step, loss)`` is called after every optimizer step (tests use it).
     """
-    return FineTuneRun(recipe, resume=resume, overwrite=overwrite, plain=plain, on_step=on_step).run()
+    return FineTuneRun(recipe, resume=resume, overwrite=overwrite, allow_changes=allow_changes, plain=plain,
+                       on_step=on_step).run()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -479,8 +530,37 @@ def _probe_batch(recipe: Recipe, examples: list, tokenizer: Any, dist: Dist, dev
 
 
 def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
-    with atomic.folder(dest) as tmp:
+    with atomic.folder(dest, expected_bytes=ckpt.trainable_bytes(model)) as tmp:
         model.save_pretrained(tmp)
+
+
+def _resume_changes(recipe: Recipe, data: Data, found: Path, allow_changes: tuple[str, ...],
+                    out: Progress) -> tuple[list[dict[str, Any]], set[str]]:
+    """Refuse optimization changes against the checkpoint unless allowed; return (all changes so far as
+    records, the keys changed now)."""
+    resume_policy.check_allowed_keys(allow_changes, recipe.to_dict())
+    stored = ckpt.read_run_info(found)
+    if stored is None:
+        out.log(f"warning: {found} predates stored recipes; cannot check this resume's settings against it")
+        return [], set()
+    step = int(ckpt.read_state(found)["step"])
+    changes = resume_policy.compare(stored, recipe.to_dict(), data.facts, step=step, allowed=allow_changes)
+    resume_policy.enforce(changes, str(found))
+    for change in changes:
+        out.log(f"resume: {change.describe()} ({change.kind}, from step {step})")
+    return list(stored.get("changes", [])) + resume_policy.as_records(changes), {c.key for c in changes}
+
+
+def _log_data_warnings(recipe: Recipe, model: Any, tokenizer: Any, data: Data, out: Progress) -> None:
+    """Repeated questions, and rows that will be cut (file:line, how much) in the train and eval files."""
+    from pipeline import lengths
+
+    rows = lengths.train_rows_over(data.train, tokenizer, recipe.data.target, recipe.data.max_length)
+    if data.eval:  # evaluate() bounds prompt + choice by the model's context, as lm-eval does
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
+        rows += lengths.eval_rows_over(data.eval, tokenizer, recipe.eval.scoring, context)
+    for message in lengths.summarize(data.warnings) + lengths.summarize([f"warning: {m}" for m in rows]):
+        out.log(message)
 
 
 def _free(device: torch.device) -> None:
