@@ -167,7 +167,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     tokenizer = _tokenizer_for(recipe.model.name_or_path, recipe.model.trust_remote_code)
     big = 10**9  # measure untruncated lengths
-    lengths = [len(encode_example(tokenizer, q, recipe.data.target, big)["input_ids"]) for q in loaded["train"]]
+    lengths = [len(encode_example(tokenizer, q, recipe.data.target, big, recipe.data.add_bos)["input_ids"])
+               for q in loaded["train"]]
     stats = _length_stats(lengths, recipe.data.max_length)
     summary["train_tokens"] = stats
     print(f"train token lengths ({recipe.data.target} target): min {stats['min']}, median {stats['median']}, "

@@ -310,7 +310,8 @@ def finetune(
             step, history, resumed_from = int(state["step"]), state["history"], str(found)
             out.log(f"resumed from {found} at step {step}")
 
-    eval_kwargs = dict(scoring=recipe.eval.scoring, batch_size=recipe.eval.batch_size, limit=recipe.eval.limit)
+    eval_kwargs = dict(scoring=recipe.eval.scoring, batch_size=recipe.eval.batch_size, limit=recipe.eval.limit,
+                       add_bos=recipe.data.add_bos)  # issue 10: evaluation encodes by the rule training used
     if data.eval and recipe.eval.before_training and history.get("eval_before") is None and dist.main:
         history["eval_before"] = _evaluate(model, tokenizer, data, eval_kwargs, output_dir / "eval-before", out,
                                            "before training")
@@ -455,7 +456,8 @@ def _encode_all(recipe: Recipe, tokenizer: Any, data: Data, dist: Dist):
     from pipeline.batching import LengthGroupedBatches
     from pipeline.prompts import encode_example
 
-    examples = [encode_example(tokenizer, q, recipe.data.target, recipe.data.max_length) for q in data.train]
+    examples = [encode_example(tokenizer, q, recipe.data.target, recipe.data.max_length, recipe.data.add_bos)
+                for q in data.train]
     batcher = LengthGroupedBatches([len(e["input_ids"]) for e in examples], recipe.train.batch_size,
                                    seed=recipe.train.seed, group_by_length=recipe.data.group_by_length,
                                    rank=dist.rank, world_size=dist.world_size)
