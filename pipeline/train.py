@@ -40,6 +40,7 @@ from pipeline.model import (
     resolve_model,
 )
 from pipeline.progress import Progress
+from pipeline.run_record import build_record, write_record
 
 IGNORE_INDEX = -100
 
@@ -379,7 +380,7 @@ def finetune(
     train_seconds = time.monotonic() - t_train
 
     if dist.main:
-        _save_adapter(model, tokenizer, output_dir / "adapter")
+        _save_adapter(model, tokenizer, output_dir / "adapter", build_record(recipe, info))
     eval_after = None
     if data.eval and dist.main:
         eval_after = _evaluate(model, tokenizer, data, eval_kwargs, output_dir / "eval", out, "after training")
@@ -432,7 +433,8 @@ def finetune(
             "losses": losses,
             "lrs": history["lr"],
         },
-        "eval": ({"scoring": recipe.eval.scoring, "file": str(data.eval_path), "before": history.get("eval_before"),
+        "eval": ({"scoring": recipe.eval.scoring, "add_bos": recipe.data.add_bos, "file": str(data.eval_path),
+                  "before": history.get("eval_before"),
                   "after": eval_after} if data.eval else None),
     }
     if report["eval"] is not None and not recipe.eval.before_training:
@@ -500,9 +502,11 @@ def _evaluate(model, tokenizer, data: Data, kwargs: dict, out_dir: Path, progres
     return m
 
 
-def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
+def _save_adapter(model: Any, tokenizer: Any, dest: Path, record: dict[str, Any]) -> None:
     with atomic.folder(dest) as tmp:
         model.save_pretrained(tmp)
+        # How the base was loaded and the encoding rule: evaluate --adapter rebuilds the same model (issue 10).
+        write_record(tmp, record)
 
 
 def _free(device: torch.device) -> None:
