@@ -3,8 +3,8 @@
     data -> model (4-bit or fallback, LoRA) -> adapter-gradient guard -> [eval before] -> training loop
     (grad accumulation, autocast, clipping, schedule, checkpoints) -> adapter -> [eval after] -> report
 
-Our own loop rather than the HF Trainer: the Trainer's loss normalization differs between transformers 4.57 and
-5.x (REFERENCE.md), it cannot apply the output layer only at answer positions (halves the cost of a step on a
+Our own loop rather than the HF Trainer: the Trainer's logged loss for the same rows differs between transformers
+4.57.6 and 5.x (its loss normalization changed; seen on this project's CI machine), it cannot apply the output layer only at answer positions (halves the cost of a step on a
 small model), and a loop this size is easier to audit than the Trainer's callbacks. Multi-GPU: launch with
 ``torchrun --nproc-per-node N``; each rank takes ``train.batch_size`` examples per micro-step (the seed recipe's
 "batch 8 per GPU"), gradients are averaged by DDP, and rank 0 alone writes checkpoints, report and progress.
