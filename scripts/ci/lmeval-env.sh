@@ -19,6 +19,8 @@ rm -rf "$SITE.tmp"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --target "$SITE.tmp" \
     -r requirements/lmeval-parity.txt
 PYTHONPATH="$SITE.tmp" "$PYTHON" -c 'import lm_eval.models.huggingface, lm_eval.tasks; import importlib.metadata as m; print("lmeval-env: lm_eval", m.version("lm_eval"))'
+# The interpreter the folder's compiled wheels are for: the parity test runs lm-eval with it.
+"$PYTHON" -c 'import sys; print(sys.executable)' > "$SITE.tmp/.python"
 echo "$want" > "$SITE.tmp/.stamp"
 rm -rf "$SITE"
 mv "$SITE.tmp" "$SITE"
