@@ -2,7 +2,8 @@
 
     python -m pipeline prepare  --recipe recipes/demo-cpu.yaml
     python -m pipeline finetune --recipe recipes/medqa-qlora-7b.yaml [section.key=value ...] [--resume] [--plain]
-    python -m pipeline evaluate --model DIR [--adapter DIR] --data FILE --output DIR [--limit N] [--scoring cloze]
+    python -m pipeline evaluate --model DIR [--adapter DIR [--merge]] --data FILE --output DIR [--limit N]
+                                [--scoring cloze] [--add-bos auto|always|never]
     python -m pipeline compare  RUN_A RUN_B [--output DIR]
 
 Mistakes in what the user gave us (recipe keys and types, data rows, an impossible setting for this machine, an
@@ -72,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", required=True, help="folder for predictions.jsonl and metrics.json")
     ev.add_argument("--limit", type=_positive_int, help="score only the first N questions")
     ev.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
+    ev.add_argument("--merge", action="store_true",
+                    help="merge the adapter into a bf16 (GPU) / fp32 (CPU) base instead of loading the base the way "
+                         "the adapter was trained (its run record): a different number from the run's own")
+    ev.add_argument("--add-bos", choices=["auto", "always", "never"],
+                    help="BOS rule (pipeline/prompts.py); default: the adapter's run record, else auto (lm-eval's)")
     ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ev.add_argument("--group-by", metavar="FIELD", help="also break accuracy down by this field of the data rows")
@@ -139,8 +145,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for warning in loaded.warnings:
         print(warning, file=sys.stderr)
     device = choose_device(args.device)
-    model, tokenizer = load_for_eval(args.model, args.adapter, device=device)
-    result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=args.batch_size, limit=args.limit)
+    record, record_path = _adapter_record(args)
+    add_bos = args.add_bos or (record or {}).get("add_bos") or "auto"
+    model, tokenizer, how = load_for_eval(args.model, args.adapter, device=device, merge=args.merge, record=record)
+    result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=args.batch_size, limit=args.limit,
+                      add_bos=add_bos)
     write_eval(result, Path(args.output))
     # An accuracy is only evidence with what produced it: the same report a fine-tune writes, less training.
     rep.write_report(Path(args.output), rep.build_report(
@@ -149,15 +158,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary={"wall_time_s": round(time.monotonic() - t0, 1)},
         model={"name_or_path": args.model, "adapter": args.adapter,
                "random_weights": is_random(str(resolve_model(args.model))),
-               "dtype": str(next(model.parameters()).dtype).replace("torch.", "")},
+               "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+               # as-trained (the adapter's base as in training, from its run record), merged, or base alone.
+               "load": {**how, "run_record": str(record_path) if record_path else None}},
         device=device,
         data={"files": [loaded.facts()]},  # hashed as read, not re-read at report time
-        evaluation={"scoring": args.scoring, "file": str(args.data), "limit": args.limit,
+        evaluation={"scoring": args.scoring, "add_bos": add_bos, "file": str(args.data), "limit": args.limit,
                     "batch_size": args.batch_size, "group_by": args.group_by, "result": result.metrics},
     ))
     m = result.metrics
     extra = f", acc_norm {m['acc_norm']:.3f}" if m.get("acc_norm") is not None else ""
-    print(f"accuracy {m['accuracy']:.3f}{extra} on {m['count']} questions ({args.scoring} scoring) -> {args.output}")
+    print(f"accuracy {m['accuracy']:.3f}{extra} on {m['count']} questions ({args.scoring} scoring, "
+          f"model loaded {how['mode']}: {how['quantization_path']}) -> {args.output}")
     return 0
 
 
@@ -176,6 +188,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"{result['accuracy_b']['value']:.3f} (B), difference {signed(d['value'])} (95% CI {signed(d['low'])} to "
           f"{signed(d['high'])}), McNemar p = {p_value(result['mcnemar_exact_p'])} -> {output / 'report.md'}")
     return 0
+
+
+def _adapter_record(args: argparse.Namespace):
+    """(run record, its path) of --adapter, or (None, None) without an adapter or with --merge and no record."""
+    from pipeline.errors import ModelNotFoundError
+    from pipeline.run_record import read_record
+
+    if not args.adapter:
+        return None, None
+    if not (Path(args.adapter) / "adapter_config.json").is_file():
+        raise ModelNotFoundError(
+            f"adapter folder {args.adapter} has no adapter_config.json: expected a peft LoRA adapter"
+        )
+    try:
+        return read_record(args.adapter)
+    except FileNotFoundError:
+        if args.merge:  # merging needs no record; its BOS rule then defaults like a plain model's
+            return None, None
+        raise
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -222,7 +253,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     tokenizer = _tokenizer_for(recipe.model.name_or_path, recipe.model.trust_remote_code)
     big = 10**9  # measure untruncated lengths
-    token_lengths = [len(encode_example(tokenizer, q, recipe.data.target, big)["input_ids"]) for q in loaded["train"]]
+    token_lengths = [len(encode_example(tokenizer, q, recipe.data.target, big, recipe.data.add_bos)["input_ids"])
+                     for q in loaded["train"]]
     stats = _length_stats(token_lengths, recipe.data.max_length)
     summary["train_tokens"] = stats
     print(f"train token lengths ({recipe.data.target} target): min {stats['min']}, median {stats['median']}, "

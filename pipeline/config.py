@@ -75,8 +75,10 @@ class DataConfig:
     eval: Optional[str] = None
     # demo: generate the embedded clinical multiple-choice set (pipeline/demo_data.py) instead of reading files.
     source: Literal["files", "demo"] = "files"
-    # Prompt layout; "medqa" is lm-evaluation-harness's medqa_4options: "Question: ...\nA. ...\nAnswer:".
-    prompt: Literal["medqa"] = "medqa"
+    # BOS before the prompt, in training and evaluation alike (pipeline/prompts.py): auto = where the tokenizer adds
+    # it itself (lm-evaluation-harness >= 0.4.9.2 default); always = lm-eval's add_bos_token=True; never = lm-eval's
+    # add_bos_token=False (its default up to 0.4.9.1). The prompt is lm-eval's medqa_4options text, always.
+    add_bos: Literal["auto", "always", "never"] = "auto"
     # The training target: the answer letter (" C") or the answer text (" Tell the attending ...").
     target: Literal["letter", "text"] = "letter"
     max_length: int = ranged(1024, 8)  # room for a prompt token, an answer and EOS

@@ -39,7 +39,7 @@ from kit import atomic
 from pipeline.compat import returned_cache as _returned_cache
 from pipeline.data import Question
 from pipeline.errors import ExampleError
-from pipeline.prompts import bos_prefix, continuations, encode_pair, format_prompt
+from pipeline.prompts import AddBos, bos_prefix, continuations, encode_pair, format_prompt
 
 Scoring = Literal["letter", "cloze"]
 
@@ -54,7 +54,7 @@ class EvalResult:
 
 @dataclass
 class _Item:
-    context: list[int]  # BOS + prompt tokens
+    context: list[int]  # prompt tokens (with BOS where the add_bos rule puts one)
     choices: list[list[int]]  # tokens of each continuation
 
 
@@ -68,12 +68,14 @@ def evaluate(
     limit: int | None = None,
     method: Literal["shared-prompt", "full"] = "shared-prompt",
     max_length: int | None = None,
+    add_bos: AddBos = "auto",
 ) -> EvalResult:
     """Score every question (the first ``limit`` ones if given) and return metrics and per-question predictions.
 
     ``batch_size`` counts questions per forward pass (``method="full"``: sequences). ``max_length`` (default: the
     model's ``max_position_embeddings``) bounds prompt + choice; longer prompts lose tokens from their start, as
-    lm-eval truncates. The model's train/eval mode is restored afterwards, so this can run mid-training.
+    lm-eval truncates. ``add_bos`` is the BOS rule of ``pipeline.prompts.encode_text`` (train with the same one).
+    The model's train/eval mode is restored afterwards, so this can run mid-training.
     """
     if scoring not in ("letter", "cloze"):
         raise ValueError(f"scoring must be 'letter' or 'cloze', got {scoring!r}")
@@ -81,12 +83,14 @@ def evaluate(
         raise ValueError(f"method must be 'shared-prompt' or 'full', got {method!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if add_bos not in ("auto", "always", "never"):
+        raise ValueError(f"add_bos must be 'auto', 'always' or 'never', got {add_bos!r}")
     questions = list(questions)[:limit] if limit is not None else list(questions)
     if not questions:
         raise ValueError("no questions to evaluate")
     if max_length is None:
         max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
-    items = [_encode(tokenizer, q, scoring, max_length) for q in questions]
+    items = [_encode(tokenizer, q, scoring, max_length, add_bos) for q in questions]
     pad_id = _pad_id(tokenizer)
 
     # Longest prompts first and together: least padding, and an out-of-memory shows in the first batch.
@@ -115,18 +119,18 @@ def evaluate(
     return _summarize(questions, [s for s in scores if s is not None], scoring)
 
 
-def _encode(tokenizer: Any, q: Question, scoring: Scoring, max_length: int) -> _Item:
+def _encode(tokenizer: Any, q: Question, scoring: Scoring, max_length: int, add_bos: AddBos) -> _Item:
     prompt = format_prompt(q)
     context: list[int] = []
     choices = []
     for text in continuations(q, scoring):
-        context, choice = encode_pair(tokenizer, prompt, text)
+        context, choice = encode_pair(tokenizer, prompt, text, add_bos)
         if not choice:
             raise ExampleError(f"{q.source}: choice {text!r} encodes to no tokens, expected at least one")
         choices.append(choice)
     room = max_length - max(len(c) for c in choices)
     if len(context) > room:
-        keep = len(bos_prefix(tokenizer))
+        keep = len(bos_prefix(tokenizer, add_bos))
         if room <= keep:
             raise ExampleError(
                 f"{q.source}: a choice alone fills max_length {max_length}, expected room for the prompt")

@@ -372,25 +372,76 @@ def adapters_without_gradient(model: Any, loss_fn: Callable[[Any, dict], torch.T
 
 
 def load_for_eval(
-    model_path: str, adapter: Optional[str] = None, *, device: Optional[torch.device] = None
-) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer): the base model, with a trained LoRA adapter merged in when given."""
+    model_path: str,
+    adapter: Optional[str] = None,
+    *,
+    device: Optional[torch.device] = None,
+    merge: bool = False,
+    record: Optional[dict[str, Any]] = None,
+):
+    """(model in eval mode, tokenizer, how it was loaded) for ``python -m pipeline evaluate``.
+
+    With an adapter and ``merge=False`` (issue 10): the base is loaded the way the adapter was trained, as
+    ``record`` (pipeline.run_record) says: NF4 with its compute dtype and double quantization, or the unquantized
+    dtype of a fallback run, and the adapter stays unmerged, which is the model finetune scored at the end of
+    training. ``merge=True``, or no adapter: the base in bf16 on GPUs that have it, fp32 elsewhere, with the
+    adapter merged in.
+    """
     from transformers import AutoModelForCausalLM
 
     device = device or choose_device("auto")
     resolved = resolve_model(model_path)
-    tokenizer = _loading(resolved, lambda: load_tokenizer(resolved))
-    dtype = torch.bfloat16 if gpu_has_bf16(device) else torch.float32
-    model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, dtype=dtype,
-                                                                            attn_implementation="sdpa"))
+    as_trained = bool(adapter) and not merge
+    if as_trained and record is None:
+        raise ValueError("load_for_eval: an adapter without merge needs its run record, expected record=...")
+    trust = bool(record.get("trust_remote_code")) if as_trained else False
+    tokenizer = _loading(resolved, lambda: load_tokenizer(resolved, trust))
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelNotFoundError(f"adapter folder {adapter} has no adapter_config.json: expected a peft LoRA adapter")
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa", "trust_remote_code": trust}
+    if as_trained:
+        kwargs.update(_as_trained_kwargs(record, device))
+        how = {"mode": "as-trained", "quantization_path": record["quantization_path"],
+               "compute_dtype": record["compute_dtype"], "attention": kwargs["attn_implementation"]}
+    else:
+        kwargs["dtype"] = torch.bfloat16 if gpu_has_bf16(device) else torch.float32
+        how = {"mode": "merged" if adapter else "base", "quantization_path": f"none-{SHORT_NAMES[kwargs['dtype']]}",
+               "compute_dtype": str(kwargs["dtype"]).replace("torch.", ""), "attention": "sdpa"}
+    model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, **kwargs))
     if adapter:
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise ModelNotFoundError(
-                f"adapter folder {adapter} has no adapter_config.json: expected a peft LoRA adapter"
-            )
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.to(device)
+        model = PeftModel.from_pretrained(model, adapter)
+        if not as_trained:
+            model = model.merge_and_unload()
+    if "quantization_config" not in kwargs:
+        model.to(device)
     model.eval()
-    return model, tokenizer
+    return model, tokenizer, how
+
+
+def _as_trained_kwargs(record: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """from_pretrained kwargs that rebuild the base of a training run (see load_for_training for the same path)."""
+    dtype = DTYPES.get(record["compute_dtype"]) or {"bf16": torch.bfloat16, "fp16": torch.float16,
+                                                      "fp32": torch.float32}.get(record["compute_dtype"])
+    if dtype is None:
+        raise ValueError(f"run record: compute_dtype {record['compute_dtype']!r}, expected bf16, fp16 or fp32")
+    attention = record.get("attention") or "sdpa"
+    if attention == "flash_attention_2" and choose_attention("auto", device, dtype)[0] != "flash_attention_2":
+        attention = "sdpa"  # same math, another kernel: FlashAttention cannot run here
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attention}
+    if record["quantization_path"] == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        if device.type != "cuda":
+            raise UnsupportedError(
+                "the adapter was trained on an NF4 4-bit base (its run record says so), which this pipeline loads "
+                f"on GPUs only, and the device here is {device.type}. Evaluate on a GPU to reproduce the run's "
+                "accuracy, or pass --merge to score it merged into a bf16/fp32 base (a different number)"
+            )
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=bool(record.get("double_quant")),
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": device.index if device.index is not None else 0}
+    return kwargs

@@ -44,6 +44,7 @@ from pipeline.model import (
 from pipeline.optim import build_optimizer, build_scheduler, seed_everything
 from pipeline.precision import autocast, choose_precision
 from pipeline.progress import Progress
+from pipeline.run_record import build_record, write_record
 from pipeline.prompts import IGNORE_INDEX  # noqa: F401  (kept importable from here for older call sites)
 
 
@@ -139,8 +140,9 @@ class FineTuneRun:
         self.precision = choose_precision(recipe, self.device)
         self.output_dir = Path(recipe.train.output_dir)
         self.out = Progress(recipe.train.steps, log_every=recipe.train.log_every, plain=True, enabled=self.dist.main)
+        # Evaluation encodes by the BOS rule training used (data.add_bos; lm-eval's rule by default).
         self.eval_kwargs = dict(scoring=recipe.eval.scoring, batch_size=recipe.eval.batch_size,
-                                limit=recipe.eval.limit)
+                                limit=recipe.eval.limit, add_bos=recipe.data.add_bos)
         self.step, self.start_step, self.resumed_from = 0, 0, None
         self.history: dict[str, Any] = {"loss": [], "lr": [], "tokens": [], "eval_before": None}
         self.eval_after: Optional[dict] = None
@@ -383,7 +385,8 @@ class FineTuneRun:
 
     def save(self) -> None:
         if self.dist.main:
-            _save_adapter(self.model, self.tokenizer, self.output_dir / "adapter")
+            _save_adapter(self.model, self.tokenizer, self.output_dir / "adapter",
+                          build_record(self.recipe, self.info))
 
     def evaluate_after(self) -> None:
         if self.data.eval and self.dist.main:
@@ -466,7 +469,8 @@ class FineTuneRun:
     def _eval_facts(self) -> Optional[dict[str, Any]]:
         if not self.data.eval:
             return None
-        facts = {"scoring": self.recipe.eval.scoring, "file": str(self.data.eval_path),
+        facts = {"scoring": self.recipe.eval.scoring, "add_bos": self.recipe.data.add_bos,
+                 "file": str(self.data.eval_path),
                  "before": self.history.get("eval_before"), "after": self.eval_after}
         if not self.recipe.eval.before_training:
             facts.pop("before")
@@ -510,7 +514,8 @@ def _encode_all(recipe: Recipe, tokenizer: Any, data: Data, dist: Dist):
     from pipeline.batching import LengthGroupedBatches
     from pipeline.prompts import encode_example
 
-    examples = [encode_example(tokenizer, q, recipe.data.target, recipe.data.max_length) for q in data.train]
+    examples = [encode_example(tokenizer, q, recipe.data.target, recipe.data.max_length, recipe.data.add_bos)
+                for q in data.train]
     batcher = LengthGroupedBatches([len(e["input_ids"]) for e in examples], recipe.train.batch_size,
                                    seed=recipe.train.seed, group_by_length=recipe.data.group_by_length,
                                    rank=dist.rank, world_size=dist.world_size)
@@ -529,9 +534,10 @@ def _probe_batch(recipe: Recipe, examples: list, tokenizer: Any, dist: Dist, dev
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _save_adapter(model: Any, tokenizer: Any, dest: Path) -> None:
+def _save_adapter(model: Any, tokenizer: Any, dest: Path, record: dict[str, Any]) -> None:
     with atomic.folder(dest, expected_bytes=ckpt.trainable_bytes(model)) as tmp:
         model.save_pretrained(tmp)
+        write_record(tmp, record)  # how the base was loaded: evaluate --adapter reloads it the same way
 
 
 def _resume_changes(recipe: Recipe, data: Data, found: Path, allow_changes: tuple[str, ...],

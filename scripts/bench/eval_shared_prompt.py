@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.evaluate import evaluate
     from pipeline.model import load_for_eval
 
-    model, tokenizer = load_for_eval(args.model, device=torch.device("cpu"))
+    model, tokenizer, _ = load_for_eval(args.model, device=torch.device("cpu"))
     with tempfile.TemporaryDirectory() as tmp:
         questions = load_questions(write_demo_data(Path(tmp))[1])
     if args.limit:

@@ -95,15 +95,25 @@ def test_finetune_then_evaluate_the_adapter(tmp_path, tiny_model_dir, capsys):
     assert "step 4/4" in out and "accuracy after:" in out
     assert main(["finetune", "--recipe", str(recipe), "--plain"]) == 2  # checkpoints exist: --resume/--overwrite
     assert "--resume" in capsys.readouterr().err
-    assert main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "run" / "adapter"),
-                 "--data", str(tmp_path / "eval.jsonl"), "--output", str(tmp_path / "ev"), "--limit", "5",
+    adapter = tmp_path / "run" / "adapter"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(adapter),
+                 "--data", str(tmp_path / "eval.jsonl"), "--output", str(tmp_path / "ev"),
                  "--scoring", "cloze", "--device", "cpu"]) == 0
+    # One number per adapter (issue 10): by default evaluate loads the base as the adapter was trained (its run
+    # record) and gets the very predictions file finetune wrote at the end of training, byte for byte.
+    assert (tmp_path / "ev" / "predictions.jsonl").read_bytes() == (tmp_path / "run" / "eval" / "predictions.jsonl").read_bytes()
+    record = json.loads((adapter / "run_record.json").read_text())
+    assert record["quantization_path"] == "fp32-fallback" or record["quantization_path"] == "none-fp32"
+    assert record["add_bos"] == "auto" and record["base_dtype"] == "fp32"
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert metrics["count"] == 5
+    assert metrics["count"] == 8
     # The evaluate run documents itself like a fine-tune does: what was scored, on what, where, with what result.
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["command"] == "evaluate" and report["eval"]["result"] == metrics
-    assert report["model"]["adapter"] == str(tmp_path / "run" / "adapter") and report["model"]["random_weights"] is False
+    assert report["model"]["load"]["mode"] == "as-trained"
+    assert report["model"]["load"]["run_record"] == str(adapter / "run_record.json")
+    assert report["eval"]["add_bos"] == "auto"
+    assert report["model"]["adapter"] == str(adapter) and report["model"]["random_weights"] is False
     data_file = report["data"]["files"][0]
     assert data_file["sha256"] == hashlib.sha256((tmp_path / "eval.jsonl").read_bytes()).hexdigest()
     assert report["environment"]["device"]["backend"] in ("cpu", "cuda", "rocm")
@@ -111,12 +121,42 @@ def test_finetune_then_evaluate_the_adapter(tmp_path, tiny_model_dir, capsys):
     markdown = (tmp_path / "ev" / "report.md").read_text()
     assert "# Run report: evaluate" in markdown and f"- accuracy: {metrics['accuracy']:.3f}" in markdown
     assert "trainable (LoRA)" not in markdown  # no training happened in this run
-    # The merged adapter scores exactly as the in-memory model did at the end of training.
+
+    # --merge is the explicit other choice, and the report says which was done.
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--merge", "--limit", "5",
+                 "--data", str(tmp_path / "eval.jsonl"), "--output", str(tmp_path / "ev-merged"),
+                 "--scoring", "cloze", "--device", "cpu"]) == 0
+    merged_report = json.loads((tmp_path / "ev-merged" / "report.json").read_text())
+    assert merged_report["model"]["load"]["mode"] == "merged"
     trained = json.loads((tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()[0])
-    merged = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()[0])
+    merged = json.loads((tmp_path / "ev-merged" / "predictions.jsonl").read_text().splitlines()[0])
     assert trained["source"] == merged["source"]
     for letter, score in trained["scores"].items():
         assert merged["scores"][letter] == pytest.approx(score, abs=1e-3)
+
+
+def test_evaluate_adapter_without_run_record_needs_merge(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "old" / "adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(adapter)
+    data = write_questions(tmp_path / "eval.jsonl", 4)
+    args = ["evaluate", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--data", str(data),
+            "--device", "cpu"]
+    assert main(args + ["--output", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err
+    assert "run_record.json" in err and "--merge" in err and "Traceback" not in err
+    assert main(args + ["--output", str(tmp_path / "ev"), "--merge"]) == 0
+    # A report.json beside the adapter (runs from before the record) is read instead; its BOS rule was "always".
+    shutil.copy(ROOT / "tests" / "pipeline" / "data" / "old_report.json", tmp_path / "old" / "report.json")
+    assert main(args + ["--output", str(tmp_path / "ev-old")]) == 0
+    report = json.loads((tmp_path / "ev-old" / "report.json").read_text())
+    assert report["model"]["load"]["mode"] == "as-trained" and report["eval"]["add_bos"] == "always"
 
 
 def test_evaluate_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir, capsys):

@@ -77,3 +77,15 @@ def test_bad_override_forms() -> None:
 def test_missing_file_is_a_recipe_error(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="cannot read recipe"):
         load_recipe(tmp_path / "absent.yaml")
+
+
+def test_add_bos_is_a_checked_choice_and_data_prompt_is_gone() -> None:
+    from pipeline.config import RecipeError, load_recipe
+
+    assert load_recipe(None).data.add_bos == "auto"
+    assert load_recipe(None, ["data.add_bos=never"]).data.add_bos == "never"
+    with pytest.raises(RecipeError, match="key 'data.add_bos' must be one of 'auto', 'always', 'never', got 'sometimes'"):
+        load_recipe(None, ["data.add_bos=sometimes"])
+    # data.prompt was read by nothing (issue 10): a recipe that sets it is told so instead of being ignored.
+    with pytest.raises(RecipeError, match="unknown key 'data.prompt'"):
+        load_recipe(None, ["data.prompt=medqa"])

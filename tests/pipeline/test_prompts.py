@@ -11,6 +11,7 @@ from pipeline.prompts import (
     continuations,
     encode_example,
     encode_pair,
+    encode_text,
     format_prompt,
     target_text,
 )
@@ -56,9 +57,9 @@ def test_only_answer_tokens_and_eos_are_labelled(tiny_tokenizer, target, expecte
     first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
     assert labels[first:] == ids[first:]
     assert all(label == IGNORE_INDEX for label in labels[:first])
-    # BOS first (the tiny tokenizer does not add it itself), then exactly the prompt.
-    assert ids[0] == tiny_tokenizer.bos_token_id
-    assert tiny_tokenizer.decode(ids[1:first]) == format_prompt(Q4)
+    # The tiny tokenizer defines <s> but does not add it itself: with the default rule (lm-eval's) no BOS, just
+    # exactly the prompt.
+    assert tiny_tokenizer.decode(ids[:first]) == format_prompt(Q4)
 
 
 def test_boundary_is_exact_on_every_demo_question(tiny_tokenizer, demo_data_paths):
@@ -67,7 +68,7 @@ def test_boundary_is_exact_on_every_demo_question(tiny_tokenizer, demo_data_path
         for text in continuations(q, "cloze") + continuations(q, "letter"):
             context, choice = encode_pair(tiny_tokenizer, format_prompt(q), text)
             whole = tiny_tokenizer(format_prompt(q) + text, add_special_tokens=False)["input_ids"]
-            assert context + choice == [tiny_tokenizer.bos_token_id] + whole
+            assert context + choice == whole
             assert tiny_tokenizer.decode(choice) == text
 
 
@@ -76,8 +77,8 @@ def test_trailing_space_of_context_moves_to_the_continuation(tiny_tokenizer):
 
 
 def test_long_prompt_is_truncated_from_the_start_keeping_bos_and_answer(tiny_tokenizer):
-    full = encode_example(tiny_tokenizer, Q4, "text", max_length=512)
-    cut = encode_example(tiny_tokenizer, Q4, "text", max_length=20)
+    full = encode_example(tiny_tokenizer, Q4, "text", max_length=512, add_bos="always")
+    cut = encode_example(tiny_tokenizer, Q4, "text", max_length=20, add_bos="always")
     assert len(cut["input_ids"]) == 20
     assert cut["input_ids"][0] == tiny_tokenizer.bos_token_id
     assert cut["input_ids"][1:] == full["input_ids"][-19:]  # the end of the prompt ("...Answer:") and the answer
@@ -109,3 +110,52 @@ def test_tokenizer_without_bos_or_eos_gets_neither():
     example = encode_example(tok, Q4, "letter", max_length=512)
     assert example["input_ids"] == [ord(c) for c in format_prompt(Q4) + " B"]
     assert [l for l in example["labels"] if l != IGNORE_INDEX] == [ord(" "), ord("B")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The BOS rule (lm-eval's HFLM.tok_encode) on each tokenizer family; the parity test checks it against lm-eval.
+
+from .tokenizer_families import build_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def families():
+    return {name: build_tokenizer(name) for name in ("llama", "bytelevel-bos", "gpt2", "no-bos")}
+
+
+@pytest.mark.parametrize("family,auto_has_bos", [("llama", True), ("bytelevel-bos", True), ("gpt2", False),
+                                                 ("no-bos", False)])
+def test_auto_puts_bos_exactly_where_the_tokenizer_adds_it(families, family, auto_has_bos):
+    tok = families[family]
+    plain = tok(format_prompt(Q4), add_special_tokens=False)["input_ids"]
+    context, _ = encode_pair(tok, format_prompt(Q4), " B", add_bos="auto")
+    assert context == ([tok.bos_token_id] if auto_has_bos else []) + plain
+    assert encode_pair(tok, format_prompt(Q4), " B", add_bos="never")[0] == plain
+    # always: BOS wherever the tokenizer has one, never twice (llama and bytelevel-bos add it themselves too).
+    always = encode_pair(tok, format_prompt(Q4), " B", add_bos="always")[0]
+    assert always == ([] if tok.bos_token_id is None else [tok.bos_token_id]) + plain
+
+
+@pytest.mark.parametrize("family", ["llama", "bytelevel-bos", "gpt2", "no-bos"])
+@pytest.mark.parametrize("add_bos", ["auto", "always", "never"])
+def test_training_and_evaluation_encode_the_prompt_alike(families, family, add_bos):
+    from pipeline.evaluate import _encode
+
+    tok = families[family]
+    example = encode_example(tok, Q4, "letter", max_length=512, add_bos=add_bos)
+    prompt_len = example["labels"].index(next(l for l in example["labels"] if l != IGNORE_INDEX))
+    item = _encode(tok, Q4, "letter", 512, add_bos)
+    assert example["input_ids"][:prompt_len] == item.context
+    assert example["input_ids"][prompt_len:-1] == item.choices[Q4.gold]  # the trained answer is a scored choice
+
+
+def test_text_that_starts_with_bos_gets_no_second_one(families):
+    tok = families["llama"]
+    ids = encode_text(tok, "<s>Question: x", add_bos="auto")
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    assert encode_text(tok, "<s>Question: x", add_bos="always") == ids
+
+
+def test_unknown_add_bos_is_an_error(tiny_tokenizer):
+    with pytest.raises(ValueError, match="add_bos must be one of auto, always, never, got 'yes'"):
+        encode_text(tiny_tokenizer, "x", add_bos="yes")
