@@ -29,7 +29,12 @@ class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"
     # auto: FlashAttention 2 when the flash_attn package imports and the device is a GPU, else PyTorch SDPA.
     attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    gradient_checkpointing: bool = False
+    # true/false, or auto: the memory plan (pipeline/memory_plan.py) turns it on only when activations of a useful
+    # micro-step would not fit in free GPU memory without it (recomputing costs about half a step).
+    gradient_checkpointing: Union[bool, Literal["auto"]] = False
+    # Fused Triton kernels (RMSNorm, SwiGLU, RoPE) from liger-kernel: auto = where it imports on a GPU for a
+    # LLaMA-type model, liger = insist, none = transformers' own code (pipeline/kernels.py).
+    kernels: Literal["auto", "liger", "none"] = "auto"
     # Dtype of the non-quantized base weights when 4-bit is off (or unavailable and fallback allows it).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     trust_remote_code: bool = False
@@ -72,6 +77,9 @@ class DataConfig:
     max_length: int = 1024
     # Batches of similar length keep padding low (MedQA prompts: median ~200 tokens, tail ~800).
     group_by_length: bool = True
+    # With train.micro_batch_tokens set: lay the step's sequences end to end in rows (no padding; restarting
+    # position ids keep each sequence's attention to itself) instead of padding length-sorted micro-batches.
+    packing: bool = False
 
 
 @dataclass
@@ -79,6 +87,12 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 8  # per device
     grad_accum: int = 1
+    # None: grad_accum micro-steps of batch_size sequences (the loss a mean per micro-step). A number or auto: the
+    # step's batch_size * grad_accum sequences are re-cut into micro-steps of at most this many tokens (auto: from
+    # free GPU memory, pipeline/memory_plan.py), the loss a mean over the whole step's answer tokens.
+    micro_batch_tokens: Union[int, Literal["auto"], None] = None
+    # Cap this process's GPU memory (GiB), e.g. to plan for a 64 GB MI250 GCD on a larger card; None: all free.
+    memory_budget_gb: Optional[float] = None
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -150,7 +164,22 @@ def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         if not isinstance(raw[section], dict):
             raise RecipeError(f"{where}: section {section!r} must be a mapping")
         raw[section][name] = parsed
-    return _build(Recipe, raw, where, prefix="")
+    recipe = _build(Recipe, raw, where, prefix="")
+    _check_speed_keys(recipe, where)
+    return recipe
+
+
+def _check_speed_keys(recipe: Recipe, where: str) -> None:
+    t = recipe.train
+    if isinstance(t.micro_batch_tokens, int) and t.micro_batch_tokens < 1:
+        raise RecipeError(f"{where}: key 'train.micro_batch_tokens' must be at least 1 (or auto), "
+                          f"got {t.micro_batch_tokens}")
+    if t.memory_budget_gb is not None and t.memory_budget_gb <= 0:
+        raise RecipeError(f"{where}: key 'train.memory_budget_gb' must be a positive number of GiB, "
+                          f"got {t.memory_budget_gb}")
+    if recipe.data.packing and t.micro_batch_tokens is None:
+        raise RecipeError(f"{where}: key 'data.packing' needs train.micro_batch_tokens (auto or a number): "
+                          "packed rows are cut by tokens, not by batch_size")
 
 
 def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
@@ -168,6 +197,17 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _describe(options: list) -> str:
+    names = []
+    for option in options:
+        if typing.get_origin(option) is Literal:
+            names.extend(repr(a) for a in typing.get_args(option))
+        else:
+            names.append({bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+                option, getattr(option, "__name__", str(option))))
+    return " or ".join(names)
+
+
 def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -177,7 +217,15 @@ def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where, key)
+        errors = []
+        for option in inner:  # the first type that accepts the value wins (bool before "auto", int before "auto")
+            try:
+                return _coerce(option, value, where, key)
+            except RecipeError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise RecipeError(f"{where}: key {key!r} must be {_describe(inner)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)

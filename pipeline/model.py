@@ -61,6 +61,8 @@ class ModelInfo:
     total_params: int = 0
     trainable_params: int = 0
     lora_modules: list[str] = field(default_factory=list)
+    kernels: str = "none"  # "liger" | "none" (pipeline/kernels.py)
+    kernels_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -354,19 +356,18 @@ def load_for_training(
         model.to(device)
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
 
-    gc = recipe.model.gradient_checkpointing
-    # use_reentrant=False: the reentrant variant needs inputs that require grad and silently drops gradients of
-    # frozen-input segments; the non-reentrant one is torch's recommended default and works with DDP.
-    gc_kwargs = {"use_reentrant": False}
+    # "auto" is decided after loading, from the memory left (pipeline/memory_plan.py; train.py enables it then).
+    gc = recipe.model.gradient_checkpointing is True
+    from pipeline.kernels import apply_kernels
+
+    kernels, kernels_reason = apply_kernels(model, recipe.model.kernels, device)
     # No peft.prepare_model_for_kbit_training on the 4-bit path: it casts every non-4-bit weight (norms, embeddings,
     # lm_head) to fp32, and fp32 norm weights turn the whole residual stream fp32 (a bf16 activation times an fp32
     # weight is fp32; autocast does not cover elementwise ops). Measured on an H200 with a LLaMA-2-7B shape, batch
     # 8 x 1024 (docs/pipeline.md): peak 30.7 GiB with it, more than bf16 LoRA's 26.2 GiB. The base is frozen by
     # get_peft_model below; checkpointing and input gradients are all we need from it.
     if gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-    if gc:
-        model.enable_input_require_grads()
+        enable_checkpointing(model)
 
     lora = LoraConfig(
         r=recipe.lora.r,
@@ -399,8 +400,20 @@ def load_for_training(
         total_params=total,
         trainable_params=trainable,
         lora_modules=sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in lora_parameters(model)}),
+        kernels=kernels,
+        kernels_reason=kernels_reason,
     )
     return model, tokenizer, info
+
+
+def enable_checkpointing(model: Any) -> bool:
+    """Turn on activation checkpointing (non-reentrant) on a base or peft model; True when it is active."""
+    # use_reentrant=False: the reentrant variant needs inputs that require grad and silently drops gradients of
+    # frozen-input segments; the non-reentrant one is torch's recommended default and works with DDP.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()
+    return _checkpointing_active(base)
 
 
 def _numel(p: torch.Tensor) -> int:

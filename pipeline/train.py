@@ -244,6 +244,10 @@ def finetune(
     if recipe.train.optimizer != "adamw" and device.type != "cuda":
         build_optimizer(recipe, [], device)  # raises the clear error before minutes of loading
     precision = choose_precision(recipe, device)
+    from pipeline import memory_plan, step as fast_step  # issue 13: the planned fast path
+
+    budget_bytes = memory_plan.apply_budget(device, recipe.train.memory_budget_gb)
+    fast = recipe.train.micro_batch_tokens is not None
     output_dir = Path(recipe.train.output_dir)
     out = Progress(recipe.train.steps, log_every=recipe.train.log_every, plain=True, enabled=dist.main)
 
@@ -294,6 +298,14 @@ def finetune(
     out.log(f"model: {info.resolved_path} | quantization {info.quantization_path} ({info.quantization_reason}) | "
             f"attention {info.attention} | {info.trainable_params:,} trainable of {info.total_params:,} | {guard_note}")
 
+    plan = None
+    if fast:
+        plan = fast_step.plan_run(recipe, model, info, max(len(e["input_ids"]) for e in examples), device,
+                                  budget_bytes)
+        out.log(f"memory plan: checkpointing {'on' if plan.gradient_checkpointing else 'off'} | {plan.reason} | "
+                f"{'packed rows' if recipe.data.packing else 'length-sorted padded micro-batches'} | "
+                f"kernels {info.kernels} ({info.kernels_reason})")
+
     params = [p for _, p in lora_parameters(model)]
     optimizer = build_optimizer(recipe, params, device)
     scheduler = build_scheduler(recipe, optimizer)
@@ -316,7 +328,7 @@ def finetune(
                                            "before training")
     dist.barrier()
 
-    train_module: torch.nn.Module = AnswerLoss(model)
+    train_module: torch.nn.Module = fast_step.AnswerPositionLoss(model) if fast else AnswerLoss(model)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -338,7 +350,10 @@ def finetune(
             t_step = time.monotonic()
             step_loss, step_tokens = 0.0, 0
             lr = scheduler.get_last_lr()[0]
-            for micro in range(recipe.train.grad_accum):
+            if fast:
+                step_loss, step_tokens = _fast_micro_steps(recipe, plan, train_module, batcher, examples, tokenizer,
+                                                           precision, device, dist)
+            for micro in range(recipe.train.grad_accum if not fast else 0):
                 indices = next(batcher)
                 batch = collate([examples[i] for i in indices], tokenizer.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -350,8 +365,10 @@ def finetune(
                         loss_sum, count = train_module(**batch)
                     loss = loss_sum / count.clamp(min=1)
                     (loss / recipe.train.grad_accum).backward()
-                step_loss += loss.item() / recipe.train.grad_accum
-                step_tokens += int(batch["attention_mask"].sum())
+                # Accumulated on the device and counted on the host: no GPU sync per micro-step.
+                step_loss = step_loss + loss.detach() / recipe.train.grad_accum
+                step_tokens += sum(len(examples[i]["input_ids"]) for i in indices)
+            step_loss = float(step_loss)
             if recipe.train.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, recipe.train.max_grad_norm)
             optimizer.step()
@@ -417,6 +434,8 @@ def finetune(
             "optimizer": recipe.train.optimizer,
             "batch_size_per_device": recipe.train.batch_size,
             "grad_accum": recipe.train.grad_accum,
+            "memory_plan": plan.to_dict() if plan is not None else None,
+            "packing": bool(recipe.data.packing) if fast else False,
             "adapter_gradient_check": guard_note,
             "wall_time_s": round(time.monotonic() - t_start, 1),
             "train_time_s": round(train_seconds, 1),
@@ -456,10 +475,25 @@ def _encode_all(recipe: Recipe, tokenizer: Any, data: Data, dist: Dist):
     from pipeline.prompts import encode_example
 
     examples = [encode_example(tokenizer, q, recipe.data.target, recipe.data.max_length) for q in data.train]
-    batcher = LengthGroupedBatches([len(e["input_ids"]) for e in examples], recipe.train.batch_size,
+    # The fast path takes a whole optimizer step's sequences at once and re-cuts them by tokens (pipeline/step.py).
+    per_next = recipe.train.batch_size * (recipe.train.grad_accum if recipe.train.micro_batch_tokens is not None else 1)
+    batcher = LengthGroupedBatches([len(e["input_ids"]) for e in examples], per_next,
                                    seed=recipe.train.seed, group_by_length=recipe.data.group_by_length,
                                    rank=dist.rank, world_size=dist.world_size)
     return examples, batcher
+
+
+def _fast_micro_steps(recipe: Recipe, plan, module, batcher, examples: list, tokenizer: Any, precision: str,
+                      device: torch.device, dist: Dist) -> tuple[float, int]:
+    """One optimizer step's sequences, cut by the memory plan; (mean answer loss, non-padding tokens)."""
+    from pipeline.packing import plan_step
+    from pipeline.step import accumulate
+
+    chosen = [examples[i] for i in next(batcher)]
+    step = plan_step(chosen, tokenizer.pad_token_id, token_budget=plan.token_budget, packing=recipe.data.packing)
+    loss = accumulate(module, step, device, autocast=lambda: autocast(precision, device),
+                      no_sync=module.no_sync if dist.enabled else None)
+    return float(loss), step.real_tokens  # the one host sync of the step
 
 
 def _probe_batch(recipe: Recipe, examples: list, tokenizer: Any, dist: Dist, device: torch.device):
