@@ -300,7 +300,7 @@ def run_peer(base, args, ctx: dict) -> dict:
 
 
 def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpointing: Any = "auto",
-             budget: Any = "auto", packing: bool = False, kernels: str = "none", cap_gb: Optional[float] = None,
+             budget: Any = "auto", packing: bool = False, kernels: Any = "none", cap_gb: Optional[float] = None,
              steps: int = 0) -> dict:
     from pipeline import memory_plan
     from pipeline.kernels import apply_kernels
@@ -309,9 +309,17 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     from pipeline.train import AnswerLoss
 
     device = ctx["device"]
-    if kernels != "none" and ctx.get("kernels", ("none",))[0] == "none":
-        ctx["kernels"] = apply_kernels(base, kernels, device)  # patches the base for good (see the run order)
-    fused = kernels != "none" and ctx.get("kernels", ("none",))[0] == "liger"
+    if isinstance(kernels, tuple):  # the kernels study: liger's parts one at a time (cumulative)
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope="rope" in kernels, rms_norm="rms_norm" in kernels, swiglu="swiglu" in kernels,
+                                    cross_entropy=False, fused_linear_cross_entropy=False, model=base)
+        ctx["kernels"] = ("liger", f"parts {kernels}")
+        fused = "swiglu" in kernels
+    else:
+        if kernels != "none" and ctx.get("kernels", ("none",))[0] == "none":
+            ctx["kernels"] = apply_kernels(base, kernels, device)  # patches the base for good (see the run order)
+        fused = kernels != "none" and ctx.get("kernels", ("none",))[0] == "liger"
     if device.type == "cuda":
         torch.cuda.empty_cache()
     cap = memory_plan.apply_budget(device, cap_gb)
@@ -333,7 +341,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
 
     fixed = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     res = run_trainer(name, one, params, opt, ctx["steps"][:steps or args.steps], ctx["examples"], device,
-                      args.warmup, ctx["profile"] if name in ("ours-before", "ours") else None)
+                      args.warmup, ctx["profile"] if name in PROFILED else None)
     strip(model, base)
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
@@ -344,6 +352,14 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     return res
 
 
+PROFILED = ("ours-before", "ours", "packing-again", "liger-swiglu")
+KERNEL_STUDY = [  # shapes seen once, then again (cuDNN attention plans are cached per shape), then liger part by part
+    ("packing-first", dict(checkpointing="auto", budget="auto", packing=True)),
+    ("packing-again", dict(checkpointing="auto", budget="auto", packing=True)),
+    ("liger-rope", dict(checkpointing="auto", budget="auto", packing=True, kernels=("rope",))),
+    ("liger-rmsnorm", dict(checkpointing="auto", budget="auto", packing=True, kernels=("rope", "rms_norm"))),
+    ("liger-swiglu", dict(checkpointing="auto", budget="auto", packing=True, kernels=("rope", "rms_norm", "swiglu"))),
+]
 LEVERS = [  # cumulative: each adds one change to the one above
     ("ours-before", dict(legacy=True, checkpointing=True)),
     ("+no-host-syncs", dict(checkpointing=True, budget=2048)),
@@ -385,6 +401,8 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--cap-gb", type=float, default=0, help="also run ours with the process capped at this many GiB")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--kernel-study", type=int, default=0, metavar="STEPS",
+                    help="instead of peer/levers: packing twice, then liger's RoPE, RMSNorm, SwiGLU one by one")
     ap.add_argument("--profile", default=None, help="folder for torch.profiler tables of one step each")
     ap.add_argument("--out", default=None, help="write all numbers as JSON here")
     args = ap.parse_args(argv)
@@ -409,7 +427,8 @@ def prepare(args) -> dict:
     words = sum(len(e.split()) for q in questions for e in [q.question] + list(q.options.values()))
     ctx = dict(device=device, examples=examples, pad=tokenizer.pad_token_id, nf4=nf4,
                longest=max(len(e["input_ids"]) for e in examples),
-               steps=step_plan(len(examples), args.per_step, max(args.steps, args.levers or 0), args.seed),
+               steps=step_plan(len(examples), args.per_step,
+                               max(args.steps, args.levers or 0, args.kernel_study or 0), args.seed),
                profile=Path(args.profile) if args.profile else None,
                tokens_per_word=sum(len(e["input_ids"]) for e in examples) / max(1, words))
     if ctx["profile"]:
@@ -470,8 +489,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         try:
             res = run()
-        except torch.cuda.OutOfMemoryError as exc:
-            # One trainer running out of memory is a result (the plan was wrong), not the end of the run.
+        except Exception as exc:  # noqa: BLE001
+            # One trainer failing (out of memory: the plan was wrong) is a result, not the end of the run; the exit
+            # status still says so.
+            import traceback
+
+            traceback.print_exc()
             print(f"{name}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             meta.setdefault("failed", {})[name] = str(exc)[:1000]
             return
@@ -490,6 +513,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     def ours(name: str, steps: int = 0, **kw: Any) -> None:
         record(lambda: run_ours(base, args, ctx, name, steps=steps, **kw), name)
 
+    if args.kernel_study:
+        for name, kw in KERNEL_STUDY:
+            ours(name, args.kernel_study, **kw)
+        if args.cap_gb:
+            ours(f"ours-{args.cap_gb:g}GiB", args.kernel_study, cap_gb=args.cap_gb, **recipe_settings(Path(args.recipe)))
+        print(table(results, meta))
+        return 0 if not meta.get("failed") else 1
     record(lambda: run_peer(base, args, ctx), "peer")
     levers = LEVERS if args.levers else []
     for name, kw in levers[:-1]:  # kernels patch the base for good: the liger lever comes after the default run
