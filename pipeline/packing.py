@@ -134,6 +134,9 @@ def packed_batch(rows: list[list[dict[str, list[int]]]], pad_id: int) -> MicroBa
             n = len(ids)
             input_ids[r, at:at + n] = torch.tensor(ids, dtype=torch.long)
             labels[r, at:at + n] = torch.tensor(lab, dtype=torch.long)
+            # A sequence's first token has no position before it in its own sequence (padded rows never predict
+            # it either): without this the previous sequence's last token would be trained to predict it.
+            labels[r, at] = IGNORE_INDEX
             position_ids[r, at:at + n] = torch.arange(n)
             at += n
         position_ids[r, at:] = torch.arange(width - at)
