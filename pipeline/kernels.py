@@ -29,6 +29,9 @@ def kernels_unavailable(model: Any, device: torch.device) -> str | None:
         return f"device is {device.type}: the Triton kernels need a GPU"
     if importlib.util.find_spec("liger_kernel") is None:
         return "liger_kernel is not installed"
+    if getattr(torch.version, "hip", None) and _torch_older_than(2, 5):
+        # Liger-Kernel's README lists torch >= 2.5 and triton >= 3.0 for ROCm (the CUDA minimum is torch 2.1.2).
+        return f"ROCm needs torch >= 2.5 for liger-kernel, this is torch {torch.__version__}"
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model_type {model_type!r} has no liger mapping here (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
@@ -37,6 +40,11 @@ def kernels_unavailable(model: Any, device: torch.device) -> str | None:
     except Exception as exc:  # ImportError, RuntimeError from Triton
         return f"liger_kernel does not import: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     return None
+
+
+def _torch_older_than(major: int, minor: int) -> bool:
+    parts = torch.__version__.split("+")[0].split(".")
+    return (int(parts[0]), int(parts[1])) < (major, minor)
 
 
 def apply_kernels(model: Any, requested: str, device: torch.device) -> tuple[str, str]:

@@ -241,3 +241,20 @@ def test_finetune_fast_path_learns_and_reports_its_plan(tiny_model_dir, tmp_path
     assert t["memory_plan"]["gradient_checkpointing"] is False and "CPU" in t["memory_plan"]["reason"]
     assert report["model"]["kernels"] == "none"
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0, losses
+
+
+def test_kernels_refuse_old_torch_on_rocm(tiny_model_dir, monkeypatch):
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    from pipeline import kernels
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(kernels.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a))
+    monkeypatch.setattr(torch.version, "hip", "6.1.40093", raising=False)
+    monkeypatch.setattr(torch, "__version__", "2.3.1+rocm6.0")
+    why = kernels.kernels_unavailable(model, torch.device("cuda", 0))
+    assert why is not None and "ROCm needs torch >= 2.5" in why
