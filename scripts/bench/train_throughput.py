@@ -247,7 +247,11 @@ def _write_profile(prof, path: Path, wall: float) -> None:
     """Top operators by device time, kernel busy time against wall time, and the host syncs counted."""
     events = prof.key_averages()
     attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    busy_us = sum(getattr(e, attr, 0) for e in events)
+    from torch.autograd import DeviceType
+
+    # Kernel records only (device_type CUDA): operator rows repeat their kernels' time.
+    busy_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
+                  for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
     counts = {name: sum(e.count for e in events if e.key == name)
               for name in ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize",
                            "cudaDeviceSynchronize", "aten::to", "aten::_to_copy", "aten::copy_")}
