@@ -36,6 +36,8 @@ class MemoryPlan:
     free_bytes: int
     bytes_per_token: int
     reason: str
+    packing: bool = False  # set by pipeline.step.plan_run: data.packing, where packed rows stay apart
+    packing_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

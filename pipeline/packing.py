@@ -65,6 +65,31 @@ class StepBatches:
         return sum(int(m.input_ids.numel()) for m in self.micro)
 
 
+def _version(text: str) -> tuple[int, int]:
+    parts = text.split("+")[0].split(".")
+    return int(parts[0]), int(parts[1])
+
+
+def packing_unsupported(attention: str) -> Optional[str]:
+    """None when this transformers/torch keeps packed sequences apart with ``attention``, else why not.
+
+    FlashAttention 2 turns restarting position ids into variable-length attention (transformers 4.44+). For SDPA
+    and eager, transformers builds the block-diagonal mask from the position ids in 5.x, but 4.57 does so only
+    with torch >= 2.6 (``masking_utils``): on the images' torch 2.3 packed rows would silently attend across
+    sequences, so packing falls back to padded micro-batches there.
+    """
+    import transformers
+
+    if attention == "flash_attention_2":
+        return None
+    tf, th = _version(transformers.__version__), _version(torch.__version__)
+    if tf >= (5, 0) or (tf >= (4, 54) and th >= (2, 6)):
+        return None
+    return (f"transformers {transformers.__version__} with torch {torch.__version__.split('+')[0]} does not mask "
+            f"packed sequences apart for {attention} attention (needs transformers 5, or torch >= 2.6, or "
+            "FlashAttention 2)")
+
+
 def split_by_budget(lengths: list[int], token_budget: int) -> list[list[int]]:
     """Indices into ``lengths`` grouped longest-first so that rows x longest row <= ``token_budget`` per group.
 
@@ -165,4 +190,4 @@ def plan_step(
     return step
 
 
-__all__ = ["MicroBatch", "StepBatches", "split_by_budget", "pack_rows", "padded_batch", "packed_batch", "plan_step"]
+__all__ = ["MicroBatch", "StepBatches", "packing_unsupported", "split_by_budget", "pack_rows", "padded_batch", "packed_batch", "plan_step"]

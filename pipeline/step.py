@@ -89,5 +89,14 @@ def plan_run(recipe: Any, model: Any, info: Any, longest: int, device: torch.dev
                        token_budget=recipe.train.micro_batch_tokens, fused_swiglu=info.kernels == "liger")
     if plan.gradient_checkpointing and not info.gradient_checkpointing:
         info.gradient_checkpointing = enable_checkpointing(model)
+    if recipe.data.packing:
+        from pipeline.packing import packing_unsupported
+
+        why_not = packing_unsupported(info.attention)
+        plan.packing = why_not is None
+        plan.packing_reason = "data.packing: rows of sequences end to end" if why_not is None else (
+            f"data.packing falls back to padded micro-batches: {why_not}")
+    else:
+        plan.packing_reason = "data.packing is false"
     return plan
 __all__ = ["AnswerPositionLoss", "accumulate", "plan_run"]

@@ -302,9 +302,9 @@ def finetune(
     if fast:
         plan = fast_step.plan_run(recipe, model, info, max(len(e["input_ids"]) for e in examples), device,
                                   budget_bytes)
+        layout = "packed rows" if plan.packing else "length-sorted padded micro-batches"
         out.log(f"memory plan: checkpointing {'on' if plan.gradient_checkpointing else 'off'} | {plan.reason} | "
-                f"{'packed rows' if recipe.data.packing else 'length-sorted padded micro-batches'} | "
-                f"kernels {info.kernels} ({info.kernels_reason})")
+                f"{layout} ({plan.packing_reason}) | kernels {info.kernels} ({info.kernels_reason})")
 
     params = [p for _, p in lora_parameters(model)]
     optimizer = build_optimizer(recipe, params, device)
@@ -435,7 +435,7 @@ def finetune(
             "batch_size_per_device": recipe.train.batch_size,
             "grad_accum": recipe.train.grad_accum,
             "memory_plan": plan.to_dict() if plan is not None else None,
-            "packing": bool(recipe.data.packing) if fast else False,
+            "packing": bool(plan.packing) if plan is not None else False,
             "adapter_gradient_check": guard_note,
             "wall_time_s": round(time.monotonic() - t_start, 1),
             "train_time_s": round(train_seconds, 1),
@@ -490,7 +490,7 @@ def _fast_micro_steps(recipe: Recipe, plan, module, batcher, examples: list, tok
     from pipeline.step import accumulate
 
     chosen = [examples[i] for i in next(batcher)]
-    step = plan_step(chosen, tokenizer.pad_token_id, token_budget=plan.token_budget, packing=recipe.data.packing)
+    step = plan_step(chosen, tokenizer.pad_token_id, token_budget=plan.token_budget, packing=plan.packing)
     loss = accumulate(module, step, device, autocast=lambda: autocast(precision, device),
                       no_sync=module.no_sync if dist.enabled else None)
     return float(loss), step.real_tokens  # the one host sync of the step

@@ -329,6 +329,11 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     cap = memory_plan.apply_budget(device, cap_gb)
     plan = memory_plan.plan_memory(base.config, free=memory_plan.free_bytes(device, cap), longest=ctx["longest"],
                                    checkpointing=checkpointing, token_budget=budget, fused_swiglu=fused)
+    from pipeline.packing import packing_unsupported
+
+    if packing and packing_unsupported("sdpa"):
+        print(f"{name}: no packing: {packing_unsupported('sdpa')}", flush=True)
+        packing = False
     model = add_lora(base, args.seed)
     if plan.gradient_checkpointing:
         enable_checkpointing(model)
@@ -351,6 +356,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
         torch.cuda.set_per_process_memory_fraction(1.0, device)
     res["plan"] = plan.to_dict()
     res["kernels"] = "liger" if fused else "none"
+    res["packing"] = packing
     if device.type == "cuda" and seen["max_micro_tokens"]:
         res["measured_bytes_per_token"] = int((res["peak_gib"] * 2**30 - fixed) / seen["max_micro_tokens"])
     return res

@@ -187,8 +187,13 @@ def test_one_step_same_loss_and_gradients_padded_packed_and_hf(tiny_model_dir):
             total += float(out.loss.detach())
         return total
 
+    from pipeline.packing import packing_unsupported
+
     ref_loss, ref_grads = _loss_and_grads(model, hf)
-    for packing, budget in ((False, 64), (False, 4096), (True, 128), (True, 4096)):
+    cuts = [(False, 64), (False, 4096)]
+    if packing_unsupported("sdpa") is None:  # else packing falls back to padding (test_packing_gate_* below)
+        cuts += [(True, 128), (True, 4096)]
+    for packing, budget in cuts:
         step = plan_step(ex, 0, token_budget=budget, packing=packing, row_width=128)
         loss, grads = _loss_and_grads(model, lambda: accumulate(module, step, cpu))
         assert loss == pytest.approx(ref_loss, rel=1e-5), (packing, budget)
@@ -237,7 +242,9 @@ def test_finetune_fast_path_learns_and_reports_its_plan(tiny_model_dir, tmp_path
     report = finetune(recipe)
     t = report["training"]
     losses = t["losses"]
-    assert len(losses) == 12 and t["packing"] is True
+    from pipeline.packing import packing_unsupported
+
+    assert len(losses) == 12 and t["packing"] is (packing_unsupported("sdpa") is None)
     assert t["memory_plan"]["gradient_checkpointing"] is False and "CPU" in t["memory_plan"]["reason"]
     assert report["model"]["kernels"] == "none"
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 1.0, losses
@@ -258,3 +265,41 @@ def test_kernels_refuse_old_torch_on_rocm(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.3.1+rocm6.0")
     why = kernels.kernels_unavailable(model, torch.device("cuda", 0))
     assert why is not None and "ROCm needs torch >= 2.5" in why
+
+
+@pytest.mark.parametrize("tf, th, attention, ok", [
+    ("5.24.0", "2.13.0+cpu", "sdpa", True),
+    ("4.57.6", "2.3.1+cu121", "sdpa", False),  # the images' stack: transformers skips the packed mask there
+    ("4.57.6", "2.3.1+rocm6.0", "flash_attention_2", True),
+    ("4.57.6", "2.6.0", "sdpa", True),
+    ("4.50.0", "2.6.0", "eager", False),
+])
+def test_packing_gate_follows_what_transformers_masks(monkeypatch, tf, th, attention, ok):
+    import transformers
+
+    from pipeline.packing import packing_unsupported
+
+    monkeypatch.setattr(transformers, "__version__", tf)
+    monkeypatch.setattr(torch, "__version__", th)
+    why = packing_unsupported(attention)
+    assert (why is None) is ok, why
+    if not ok:
+        assert "does not mask packed sequences apart" in why
+
+
+def test_packed_rows_attend_only_within_their_sequence_where_supported(tiny_model_dir):
+    """The premise of packing, checked on the installed stack: a packed row's hidden states equal each sequence's
+    own, run alone; and the gate says so exactly when it holds."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.packing import packing_unsupported
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    ex = _examples([7, 5])
+    mb = packed_batch([[ex[0], ex[1]]], pad_id=0)
+    with torch.no_grad():
+        # use_cache=False as in training: with a cache transformers does not look for packed sequences at all
+        packed = model.model(input_ids=mb.input_ids, position_ids=mb.position_ids, use_cache=False)[0][0]
+        alone = model.model(input_ids=torch.tensor([ex[1]["input_ids"]]), use_cache=False)[0][0]
+    apart = torch.allclose(packed[7:12], alone, atol=1e-5)
+    assert apart is (packing_unsupported("sdpa") is None)
