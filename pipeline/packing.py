@@ -128,7 +128,7 @@ def pack_rows(lengths: list[int], row_width: int) -> list[list[int]]:
 
 def _answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # Position t predicts token t+1: the loss reads hidden[t] wherever labels[t+1] is an answer token.
-    rows, width = labels.shape
+    width = labels.shape[1]
     nxt = labels[:, 1:]
     r, t = (nxt != IGNORE_INDEX).nonzero(as_tuple=True)
     return r * width + t, nxt[r, t]
@@ -190,4 +190,5 @@ def plan_step(
     return step
 
 
-__all__ = ["MicroBatch", "StepBatches", "packing_unsupported", "split_by_budget", "pack_rows", "padded_batch", "packed_batch", "plan_step"]
+__all__ = ["MicroBatch", "StepBatches", "pack_rows", "packed_batch", "packing_unsupported", "padded_batch", "plan_step",
+           "split_by_budget"]

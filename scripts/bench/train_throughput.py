@@ -184,7 +184,9 @@ def ours_step(module, examples: list, pad_id: int, device: torch.device, budget:
     from pipeline.step import accumulate
 
     step = plan_step(examples, pad_id, token_budget=budget, packing=packing)
-    auto = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")  # noqa: E731
+    def auto():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
     return accumulate(module, step, device, autocast=auto), step
 
 
@@ -527,7 +529,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for name, kw in KERNEL_STUDY:
             ours(name, args.kernel_study, **kw)
         if args.cap_gb:
-            ours(f"ours-{args.cap_gb:g}GiB", args.kernel_study, cap_gb=args.cap_gb, **recipe_settings(Path(args.recipe)))
+            ours(f"ours-{args.cap_gb:g}GiB", args.kernel_study, cap_gb=args.cap_gb,
+                 **recipe_settings(Path(args.recipe)))
         print(table(results, meta))
         return 0 if not meta.get("failed") else 1
     record(lambda: run_peer(base, args, ctx), "peer")

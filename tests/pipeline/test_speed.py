@@ -195,7 +195,7 @@ def test_one_step_same_loss_and_gradients_padded_packed_and_hf(tiny_model_dir):
         cuts += [(True, 128), (True, 4096)]
     for packing, budget in cuts:
         step = plan_step(ex, 0, token_budget=budget, packing=packing, row_width=128)
-        loss, grads = _loss_and_grads(model, lambda: accumulate(module, step, cpu))
+        loss, grads = _loss_and_grads(model, lambda step=step: accumulate(module, step, cpu))
         assert loss == pytest.approx(ref_loss, rel=1e-5), (packing, budget)
         assert grads.keys() == ref_grads.keys()
         for n in grads:
