@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import RecipeError, load_recipe
 from pipeline.memory_plan import GIB, activation_bytes_per_token, plan_memory
-from pipeline.packing import pack_rows, packed_batch, padded_batch, plan_step, split_by_budget
+from pipeline.packing import pack_rows, packed_batch, plan_step, split_by_budget
 from pipeline.prompts import IGNORE_INDEX
 
 LLAMA7B = SimpleNamespace(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)
