@@ -39,7 +39,12 @@ class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"
     # auto: FlashAttention 2 when the flash_attn package imports and the device is a GPU, else PyTorch SDPA.
     attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    gradient_checkpointing: bool = False
+    # true/false, or auto: the memory plan (pipeline/memory_plan.py) turns it on only when activations of a useful
+    # micro-step would not fit in free GPU memory without it (recomputing costs about half a step).
+    gradient_checkpointing: Union[bool, Literal["auto"]] = False
+    # Fused Triton kernels (RMSNorm, SwiGLU, RoPE) from liger-kernel: auto = where it imports on a GPU for a
+    # LLaMA-type model, liger = insist, none = transformers' own code (pipeline/kernels.py).
+    kernels: Literal["auto", "liger", "none"] = "auto"
     # Dtype of the non-quantized base weights when 4-bit is off (or unavailable and fallback allows it).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     trust_remote_code: bool = False
@@ -84,6 +89,9 @@ class DataConfig:
     max_length: int = ranged(1024, 8)  # room for a prompt token, an answer and EOS
     # Batches of similar length keep padding low (MedQA prompts: median ~200 tokens, tail ~800).
     group_by_length: bool = True
+    # With train.micro_batch_tokens set: lay the step's sequences end to end in rows (no padding; restarting
+    # position ids keep each sequence's attention to itself) instead of padding length-sorted micro-batches.
+    packing: bool = False
 
 
 @dataclass
@@ -91,6 +99,12 @@ class TrainConfig:
     steps: int = ranged(3000, 1)
     batch_size: int = ranged(8, 1)  # per device
     grad_accum: int = ranged(1, 1)
+    # None: grad_accum micro-steps of batch_size sequences (the loss a mean per micro-step). A number or auto: the
+    # step's batch_size * grad_accum sequences are re-cut into micro-steps of at most this many tokens (auto: from
+    # free GPU memory, pipeline/memory_plan.py), the loss a mean over the whole step's answer tokens.
+    micro_batch_tokens: Union[int, Literal["auto"], None] = ranged(None, 1)
+    # Cap this process's GPU memory (GiB), e.g. to plan for a 64 GB MI250 GCD on a larger card; None: all free.
+    memory_budget_gb: Optional[float] = ranged(None, 0.0, low_open=True)
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = "adamw"
     lr: float = ranged(2e-4, 0.0, 1.0, low_open=True)
     weight_decay: float = ranged(0.0, 0.0)
@@ -165,7 +179,22 @@ def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         if not isinstance(raw[section], dict):
             raise RecipeError(f"{where}: section {section!r} must be a mapping")
         raw[section][name] = parsed
-    return _build(Recipe, raw, where, prefix="")
+    recipe = _build(Recipe, raw, where, prefix="")
+    _check_speed_keys(recipe, where)
+    return recipe
+
+
+def _check_speed_keys(recipe: Recipe, where: str) -> None:
+    t = recipe.train
+    if isinstance(t.micro_batch_tokens, int) and t.micro_batch_tokens < 1:
+        raise RecipeError(f"{where}: key 'train.micro_batch_tokens' must be at least 1 (or auto), "
+                          f"got {t.micro_batch_tokens}")
+    if t.memory_budget_gb is not None and t.memory_budget_gb <= 0:
+        raise RecipeError(f"{where}: key 'train.memory_budget_gb' must be a positive number of GiB, "
+                          f"got {t.memory_budget_gb}")
+    if recipe.data.packing and t.micro_batch_tokens is None:
+        raise RecipeError(f"{where}: key 'data.packing' needs train.micro_batch_tokens (auto or a number): "
+                          "packed rows are cut by tokens, not by batch_size")
 
 
 def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
@@ -181,7 +210,7 @@ def _build(cls: type, raw: Any, where: str, prefix: str) -> Any:
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, where, f"{prefix}{name}")
         bounds = fields[name].metadata.get("range")
-        if bounds is not None and kwargs[name] is not None:
+        if bounds is not None and isinstance(kwargs[name], (int, float)):  # "auto" / None have no range
             _check_range(kwargs[name], bounds, where, f"{prefix}{name}")
     # No cross-key rule for warmup_steps > steps: a short trial run of a long recipe (train.steps=5) is legitimate.
     return cls(**kwargs)
@@ -205,16 +234,35 @@ def _check_range(value: float, bounds: tuple, where: str, key: str) -> None:
     raise RecipeError(f"{where}: key {key!r} must be {wanted}, got {value!r}")
 
 
+def _describe(options: list) -> str:
+    names = []
+    for option in options:
+        if typing.get_origin(option) is Literal:
+            names.extend(repr(a) for a in typing.get_args(option))
+        else:
+            names.append({bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+                option, getattr(option, "__name__", str(option))))
+    return " or ".join(names)
+
+
 def _coerce(hint: Any, value: Any, where: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where, prefix=f"{key}.")
-    if origin is Union or (hasattr(types, "UnionType") and isinstance(hint, getattr(types, "UnionType"))):
+    if origin is Union or (hasattr(types, "UnionType") and isinstance(hint, types.UnionType)):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, where, key)
+        errors = []
+        for option in inner:  # the first type that accepts the value wins (bool before "auto", int before "auto")
+            try:
+                return _coerce(option, value, where, key)
+            except RecipeError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        raise RecipeError(f"{where}: key {key!r} must be {_describe(inner)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)

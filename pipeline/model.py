@@ -26,6 +26,7 @@ from pipeline.compat import auto_tokenizer, checkpointing_active
 from pipeline.config import Recipe
 from pipeline.errors import AdapterGradientError, ModelNotFoundError, UnsupportedError
 from pipeline.precision import DTYPES, SHORT_NAMES, base_dtype, bf16_supported, gpu_has_bf16
+
 # The synthetic models live in tiny.py; their names stay importable from here for older call sites.
 from pipeline.tiny import (  # noqa: F401
     RANDOM_MARKER,
@@ -57,6 +58,8 @@ class ModelInfo:
     total_params: int = 0
     trainable_params: int = 0
     lora_modules: list[str] = field(default_factory=list)
+    kernels: str = "none"  # "liger" | "none" (pipeline/kernels.py)
+    kernels_reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,19 +241,21 @@ def from_pretrained_kwargs(recipe: Recipe, device: torch.device, quant: Quantiza
     return kwargs
 
 
-def enable_checkpointing(model: Any, recipe: Recipe) -> None:
-    """Gradient checkpointing as the recipe says, with input gradients so LoRA inside checkpointed layers learns."""
+def enable_checkpointing(model: Any) -> bool:
+    """Activation checkpointing (non-reentrant) on a base or peft model, with input gradients so LoRA inside
+    checkpointed layers learns; True when it is active. ``model.gradient_checkpointing: auto`` is decided after
+    loading, from the memory left (pipeline/memory_plan.py), so train.py may call this on the peft model."""
     # No peft.prepare_model_for_kbit_training on the 4-bit path: it casts every non-4-bit weight (norms, embeddings,
     # lm_head) to fp32, and fp32 norm weights turn the whole residual stream fp32 (a bf16 activation times an fp32
     # weight is fp32; autocast does not cover elementwise ops). Measured on an H200 with a LLaMA-2-7B shape, batch
     # 8 x 1024 (docs/pipeline.md): peak 30.7 GiB with it, more than bf16 LoRA's 26.2 GiB. The base is frozen by
     # get_peft_model; checkpointing and input gradients are all we need from it.
-    if not recipe.model.gradient_checkpointing:
-        return
     # use_reentrant=False: the reentrant variant needs inputs that require grad and silently drops gradients of
     # frozen-input segments; the non-reentrant one is torch's recommended default and works with DDP.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.enable_input_require_grads()
+    return checkpointing_active(base)
 
 
 def apply_lora(model: Any, recipe: Recipe) -> Any:
@@ -275,7 +280,7 @@ def apply_lora(model: Any, recipe: Recipe) -> Any:
 
 
 def describe(model: Any, recipe: Recipe, resolved: str, device: torch.device, quant: Quantization,
-             attention: tuple[str, str]) -> ModelInfo:
+             attention: tuple[str, str], kernels: tuple[str, str] = ("none", "")) -> ModelInfo:
     """What really loaded, for the log line and the report."""
     return ModelInfo(
         name_or_path=recipe.model.name_or_path,
@@ -291,6 +296,8 @@ def describe(model: Any, recipe: Recipe, resolved: str, device: torch.device, qu
         total_params=sum(_numel(p) for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         lora_modules=sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in lora_parameters(model)}),
+        kernels=kernels[0],
+        kernels_reason=kernels[1],
     )
 
 
@@ -313,9 +320,13 @@ def load_for_training(
     if not quant.use_4bit:
         model.to(device)
     model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
-    enable_checkpointing(model, recipe)
+    from pipeline.kernels import apply_kernels
+
+    kernels = apply_kernels(model, recipe.model.kernels, device)  # fused Triton kernels, before LoRA wraps layers
+    if recipe.model.gradient_checkpointing is True:  # "auto": decided later from the memory left (memory_plan)
+        enable_checkpointing(model)
     model = apply_lora(model, recipe)
-    return model, tokenizer, describe(model, recipe, resolved, device, quant, attention)
+    return model, tokenizer, describe(model, recipe, resolved, device, quant, attention, kernels)
 
 
 def _numel(p: torch.Tensor) -> int:

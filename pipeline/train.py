@@ -26,9 +26,8 @@ import torch
 
 from kit import atomic
 from pipeline import checkpoint as ckpt
-from pipeline import preflight
+from pipeline import preflight, resume_policy, run_lock
 from pipeline import report as rep
-from pipeline import resume_policy, run_lock
 from pipeline.config import Recipe, RecipeError
 from pipeline.distributed import Dist, setup_distributed
 from pipeline.loss import AnswerLoss, mean_answer_loss
@@ -44,9 +43,8 @@ from pipeline.model import (
 from pipeline.optim import build_optimizer, build_scheduler, seed_everything
 from pipeline.precision import autocast, choose_precision
 from pipeline.progress import Progress
-from pipeline.run_record import build_record, write_record
 from pipeline.prompts import IGNORE_INDEX  # noqa: F401  (kept importable from here for older call sites)
-
+from pipeline.run_record import build_record, write_record
 
 # --------------------------------------------------------------------------------------------------------------
 # Data
@@ -138,6 +136,12 @@ class FineTuneRun:
         if recipe.train.optimizer != "adamw" and self.device.type != "cuda":
             build_optimizer(recipe, [], self.device)  # raises the clear error before minutes of loading
         self.precision = choose_precision(recipe, self.device)
+        from pipeline import memory_plan
+
+        self.budget_bytes = memory_plan.apply_budget(self.device, recipe.train.memory_budget_gb)
+        # train.micro_batch_tokens set: the planned fast path (pipeline/step.py): the step's sequences re-cut by tokens.
+        self.fast = recipe.train.micro_batch_tokens is not None
+        self.plan: Any = None
         self.output_dir = Path(recipe.train.output_dir)
         self.out = Progress(recipe.train.steps, log_every=recipe.train.log_every, plain=True, enabled=self.dist.main)
         # Evaluation encodes by the BOS rule training used (data.add_bos; lm-eval's rule by default).
@@ -221,6 +225,19 @@ class FineTuneRun:
         self.out.log(f"model: {info.resolved_path} | quantization {info.quantization_path} "
                      f"({info.quantization_reason}) | attention {info.attention} | {info.trainable_params:,} "
                      f"trainable of {info.total_params:,} | {self.guard_note}")
+        if self.fast:
+            self._plan_memory()
+
+    def _plan_memory(self) -> None:
+        """Checkpointing and the micro-step token budget from the memory left (pipeline/memory_plan.py)."""
+        from pipeline import step as fast_step
+
+        longest = max(len(e["input_ids"]) for e in self.examples)
+        self.plan = plan = fast_step.plan_run(self.recipe, self.model, self.info, longest, self.device,
+                                              self.budget_bytes)
+        layout = "packed rows" if plan.packing else "length-sorted padded micro-batches"
+        self.out.log(f"memory plan: checkpointing {'on' if plan.gradient_checkpointing else 'off'} | {plan.reason} | "
+                     f"{layout} ({plan.packing_reason}) | kernels {self.info.kernels} ({self.info.kernels_reason})")
 
     def _guard_adapters(self) -> None:
         """The adapter-gradient guard, before any optimizer step (design: model.adapters_without_gradient).
@@ -340,7 +357,9 @@ class FineTuneRun:
         self.train_seconds = time.monotonic() - t_train
 
     def _wrap_for_training(self) -> torch.nn.Module:
-        train_module: torch.nn.Module = AnswerLoss(self.model)
+        from pipeline.step import AnswerPositionLoss
+
+        train_module: torch.nn.Module = AnswerPositionLoss(self.model) if self.fast else AnswerLoss(self.model)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -349,11 +368,39 @@ class FineTuneRun:
         return train_module
 
     def train_step(self) -> tuple[float, int]:
-        """One optimizer step over ``grad_accum`` micro-batches: (this rank's mean loss, its non-padding tokens)."""
+        """One optimizer step: (this rank's mean loss, its non-padding tokens)."""
+        recipe = self.recipe
+        if self.fast:
+            step_loss, step_tokens = self._fast_micro_steps()
+        else:
+            step_loss, step_tokens = self._micro_steps()
+        if recipe.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, recipe.train.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss, step_tokens
+
+    def _fast_micro_steps(self) -> tuple[float, int]:
+        """One optimizer step's sequences, cut by the memory plan; (mean answer loss, non-padding tokens)."""
+        from pipeline.packing import plan_step
+        from pipeline.step import accumulate
+
+        device, module = self.device, self.train_module
+        chosen = [self.examples[i] for i in next(self.batcher)]
+        step = plan_step(chosen, self.tokenizer.pad_token_id, token_budget=self.plan.token_budget,
+                         packing=self.plan.packing)
+        loss = accumulate(module, step, device, autocast=lambda: autocast(self.precision, device),
+                          no_sync=module.no_sync if self.dist.enabled else None)
+        return float(loss), step.real_tokens  # the one host sync of the step
+
+    def _micro_steps(self) -> tuple[float, int]:
+        """``grad_accum`` micro-batches of ``batch_size`` sequences, the loss a mean per micro-batch."""
         from pipeline.batching import collate
 
         recipe, device = self.recipe, self.device
-        step_loss, step_tokens = 0.0, 0
+        step_loss: Any = 0.0
+        step_tokens = 0
         for micro in range(recipe.train.grad_accum):
             indices = next(self.batcher)
             batch = collate([self.examples[i] for i in indices], self.tokenizer.pad_token_id)
@@ -366,14 +413,10 @@ class FineTuneRun:
                     loss_sum, count = self.train_module(**batch)
                 loss = loss_sum / count.clamp(min=1)
                 (loss / recipe.train.grad_accum).backward()
-            step_loss += loss.item() / recipe.train.grad_accum
-            step_tokens += int(batch["attention_mask"].sum())
-        if recipe.train.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, recipe.train.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return step_loss, step_tokens
+            # Accumulated on the device and counted on the host: no GPU sync per micro-step.
+            step_loss = step_loss + loss.detach() / recipe.train.grad_accum
+            step_tokens += sum(len(self.examples[i]["input_ids"]) for i in indices)
+        return float(step_loss), step_tokens
 
     def _checkpoint_if_due(self) -> None:
         every = self.recipe.train.checkpoint_every
@@ -448,6 +491,8 @@ class FineTuneRun:
             "optimizer": t.optimizer,
             "batch_size_per_device": t.batch_size,
             "grad_accum": t.grad_accum,
+            "memory_plan": self.plan.to_dict() if self.plan is not None else None,
+            "packing": bool(self.plan.packing) if self.plan is not None else False,
             "adapter_gradient_check": self.guard_note,
             "wall_time_s": round(time.monotonic() - self.t_start, 1),
             "train_time_s": round(seconds, 1),
@@ -516,7 +561,9 @@ def _encode_all(recipe: Recipe, tokenizer: Any, data: Data, dist: Dist):
 
     examples = [encode_example(tokenizer, q, recipe.data.target, recipe.data.max_length, recipe.data.add_bos)
                 for q in data.train]
-    batcher = LengthGroupedBatches([len(e["input_ids"]) for e in examples], recipe.train.batch_size,
+    # The fast path takes a whole optimizer step's sequences at once and re-cuts them by tokens (pipeline/step.py).
+    per_next = recipe.train.batch_size * (recipe.train.grad_accum if recipe.train.micro_batch_tokens is not None else 1)
+    batcher = LengthGroupedBatches([len(e["input_ids"]) for e in examples], per_next,
                                    seed=recipe.train.seed, group_by_length=recipe.data.group_by_length,
                                    rank=dist.rank, world_size=dist.world_size)
     return examples, batcher

@@ -28,7 +28,10 @@ def test_scaled_down_smoke_run_reports_random_weights(tmp_path, monkeypatch, cap
     assert report["steps"] == 3
     # The seed recipe's settings survive, except what the CPU cannot do (and the report says why).
     assert report["recipe"]["lora"]["r"] == 64 and report["recipe"]["lora"]["alpha"] == 128
-    assert report["model"]["gradient_checkpointing"] is True
+    # model.gradient_checkpointing: auto in the seed recipe: the memory plan decides, and the report says what ran.
+    assert report["recipe"]["model"]["gradient_checkpointing"] == "auto"
+    plan = report["training"]["memory_plan"]
+    assert plan is not None and report["model"]["gradient_checkpointing"] is plan["gradient_checkpointing"]
     if not torch.cuda.is_available():
         # The seed recipe's model.dtype is bfloat16, so the unquantized fallback base is bf16 too.
         assert report["quantization_path"] == "bf16-fallback" and "CPU" in report["model"]["quantization_reason"]

@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""Training throughput: the Hugging Face QLoRA recipe (the peer) against our training step, same run, same data.
+
+Both trainers see the same optimizer steps: each step is the same 32 MedQA questions (a seeded permutation of the
+file), in the lm-eval prompt with the answer letter as target, tokenized by a byte-level BPE trained on those
+questions (so lengths are real MedQA lengths, ~1.8 tokens per word). Same base (one NF4 load per process), same
+LoRA init (seeded), same optimizer and learning rate, same loss normalization (mean over the step's answer
+tokens). What differs is how each trainer runs the step:
+
+- peer: ``prepare_model_for_kbit_training`` with gradient checkpointing, SDPA, the 32 questions in random
+  micro-batches of 8 padded to the longest, gradient accumulation 4, full-sequence logits and the model's own
+  loss (``labels`` masked to the answer, ``num_items_in_batch`` = the step's answer tokens);
+- ours: ``pipeline.packing.plan_step`` + ``pipeline.step.accumulate`` (what ``python -m pipeline finetune``
+  runs), with the seed recipe's settings, plus "levers" variants that add one change at a time.
+
+    python scripts/bench/train_throughput.py --out bench.json                      # one GPU, 7B shape, NF4
+    python scripts/bench/train_throughput.py --tiny --steps 3 --warmup 1           # CPU smoke (CI)
+
+Prints, per trainer: effective (non-padding) tokens/s over the timed steps, median optimizer-step time, peak
+memory, loss after the last step and over the last 5, model TFLOP/s (4N per token: forward and input-gradient
+backward of the frozen base) against the GPU's measured bf16 matmul rate, and the ratio to the peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+TINY = ("random:llama2-7b:num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_heads=4,"
+        "num_key_value_heads=4,vocab_size=3000")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: real MedQA sequences, the same optimizer steps for every trainer
+
+
+def medqa_tokenizer(questions: list, vocab_size: int):
+    """Byte-level BPE trained on the questions' prompts (stands in for LLaMA's tokenizer: no hub here)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from pipeline.prompts import format_prompt
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([format_prompt(q) for q in questions], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def step_plan(n: int, per_step: int, steps: int, seed: int) -> list[list[int]]:
+    """``steps`` lists of ``per_step`` indices: consecutive slices of seeded permutations (epoch after epoch)."""
+    rng, order, out = random.Random(seed), [], []
+    for _ in range(steps):
+        if len(order) < per_step:
+            fresh = list(range(n))
+            rng.shuffle(fresh)
+            order += fresh
+        out.append(order[:per_step])
+        order = order[per_step:]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model: one base per process; adapters added and removed per trainer
+
+
+def load_base(spec: str, device: torch.device, nf4: bool):
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from pipeline.model import resolve_model
+
+    path = resolve_model(spec)
+    kwargs: dict[str, Any] = dict(attn_implementation="sdpa",
+                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if nf4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["device_map"] = {"": device.index or 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not nf4:
+        model.to(device)
+    model.config.use_cache = False
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def base_params(model) -> int:
+    from pipeline.model import _numel
+
+    return sum(_numel(p) for n, p in model.named_parameters() if "lora_" not in n)
+
+
+def add_lora(base, seed: int):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(r=64, lora_alpha=128, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(base, cfg)
+    model.train()
+    return model
+
+
+def make_optimizer(model, device: torch.device, lr: float):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if device.type == "cuda":
+        import bitsandbytes as bnb
+
+        return params, bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=0.0)
+    return params, torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def strip(model, base) -> None:
+    """Remove the adapters and checkpointing so the next trainer starts from the same bare base."""
+    model.unload()
+    if getattr(base, "is_gradient_checkpointing", False):
+        base.gradient_checkpointing_disable()
+    if hasattr(base, "disable_input_require_grads"):
+        try:
+            base.disable_input_require_grads()
+        except AttributeError:  # no hook registered
+            pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two ways to run one optimizer step
+
+
+def peer_step(model, examples: list, pad_id: int, device: torch.device, rng: random.Random, micro: int) -> torch.Tensor:
+    from pipeline.batching import collate
+
+    order = list(range(len(examples)))
+    rng.shuffle(order)  # random micro-batches, as a random sampler gives
+    answer_tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in examples)
+    total = torch.zeros((), device=device)
+    for start in range(0, len(order), micro):
+        batch = collate([examples[i] for i in order[start:start + micro]], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(**batch, num_items_in_batch=answer_tokens).loss
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
+def legacy_step(module, examples: list, pad_id: int, device: torch.device, micro: int) -> torch.Tensor:
+    """The pipeline before issue 13: length-sorted micro-batches of 8, a mean per micro-batch, .item() per micro."""
+    from pipeline.batching import collate
+
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    chunks = [order[s:s + micro] for s in range(0, len(order), micro)]
+    total = 0.0
+    for idx in chunks:
+        batch = {k: v.to(device) for k, v in collate([examples[i] for i in idx], pad_id).items()}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss_sum, count = module(**batch)
+        loss = loss_sum / count.clamp(min=1)
+        (loss / len(chunks)).backward()
+        total += loss.item() / len(chunks)
+        int(batch["attention_mask"].sum())  # the old loop's token count: a second sync per micro-step
+    return torch.tensor(total)
+
+
+def ours_step(module, examples: list, pad_id: int, device: torch.device, budget: int, packing: bool) -> tuple:
+    from pipeline.packing import plan_step
+    from pipeline.step import accumulate
+
+    step = plan_step(examples, pad_id, token_budget=budget, packing=packing)
+    def auto():
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    return accumulate(module, step, device, autocast=auto), step
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing one trainer
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_trainer(name: str, run_step: Callable[[list], torch.Tensor], params, optimizer, steps: list, examples: list,
+                device: torch.device, warmup: int, profile_dir: Optional[Path]) -> dict:
+    """Warm-up steps, then timed steps; losses of every step; optional profile of the first timed step."""
+    losses, times, tokens = [], [], []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for i, idx in enumerate(steps):
+        chosen = [examples[j] for j in idx]
+        prof = _profiler(device) if (profile_dir is not None and i == warmup) else None
+        sync(device)
+        t0 = time.perf_counter()
+        with (prof if prof is not None else _null()):
+            loss = run_step(chosen)
+            torch.nn.utils.clip_grad_norm_(params, 0.3)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+            sync(device)
+        dt = time.perf_counter() - t0
+        if prof is not None:
+            _write_profile(prof, profile_dir / f"profile-{name}.txt", dt)
+        elif i >= warmup:
+            times.append(dt)
+            tokens.append(sum(len(e["input_ids"]) for e in chosen))
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"trainer": name, "tokens_per_s": sum(tokens) / sum(times) if times else None,
+            "median_step_s": statistics.median(times) if times else None, "timed_steps": len(times),
+            "step_times_s": [round(t, 4) for t in times], "peak_gib": peak, "losses": losses,
+            "final_loss": losses[-1], "mean_last5": sum(losses[-5:]) / len(losses[-5:])}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _profiler(device: torch.device):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(activities=acts, record_shapes=False)
+
+
+def _write_profile(prof, path: Path, wall: float) -> None:
+    """Top operators by device time, kernel busy time against wall time, and the host syncs counted."""
+    events = prof.key_averages()
+    attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    from torch.autograd import DeviceType
+
+    # Kernel records only (device_type CUDA): operator rows repeat their kernels' time.
+    busy_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
+                  for e in prof.events() if getattr(e, "device_type", None) == DeviceType.CUDA)
+    counts = {name: sum(e.count for e in events if e.key == name)
+              for name in ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize",
+                           "cudaDeviceSynchronize", "aten::to", "aten::_to_copy", "aten::copy_")}
+    sort = "self_device_time_total" if attr == "self_device_time_total" else "self_cuda_time_total"
+    try:
+        table = events.table(sort_by=sort, row_limit=30)
+    except (AttributeError, KeyError):
+        table = events.table(sort_by="self_cpu_time_total", row_limit=30)
+    summary = (f"wall {wall * 1e3:.1f} ms, device busy (sum of kernel time) {busy_us / 1e3:.1f} ms "
+               f"({100 * busy_us / 1e6 / wall:.0f}% of wall)\ncalls: {json.dumps(counts)}\n")
+    path.write_text(summary + table, encoding="utf-8")
+    print(f"profile -> {path}: {summary.strip()}", flush=True)
+
+
+def matmul_tflops(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0, n = time.perf_counter(), 20
+    for _ in range(n):
+        a @ b
+    sync(device)
+    return 2 * 8192**3 * n / (time.perf_counter() - t0) / 1e12
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainers of one run
+
+
+def run_peer(base, args, ctx: dict) -> dict:
+    from peft import prepare_model_for_kbit_training
+
+    dtypes = {n: p.dtype for n, p in base.named_parameters()}
+    prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)  # as the HF QLoRA docs write it
+    model = add_lora(base, args.seed)
+    params, opt = make_optimizer(model, ctx["device"], args.lr)
+    rng = random.Random(args.seed)
+    res = run_trainer("peer", lambda ch: peer_step(model, ch, ctx["pad"], ctx["device"], rng, args.micro), params,
+                      opt, ctx["steps"][:args.steps], ctx["examples"], ctx["device"], args.warmup, ctx["profile"])
+    strip(model, base)
+    with torch.no_grad():  # prepare_model_for_kbit_training cast norms/embeddings/head to fp32: undo for ours
+        for n, p in base.named_parameters():
+            if p.dtype != dtypes[n]:
+                p.data = p.data.to(dtypes[n])
+    return res
+
+
+def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpointing: Any = "auto",
+             budget: Any = "auto", packing: bool = False, kernels: Any = "none", cap_gb: Optional[float] = None,
+             steps: int = 0) -> dict:
+    from pipeline import memory_plan
+    from pipeline.kernels import apply_kernels
+    from pipeline.model import enable_checkpointing
+    from pipeline.step import AnswerPositionLoss
+    from pipeline.train import AnswerLoss
+
+    device = ctx["device"]
+    if isinstance(kernels, tuple):  # the kernels study: liger's parts one at a time (cumulative)
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama(rope="rope" in kernels, rms_norm="rms_norm" in kernels, swiglu="swiglu" in kernels,
+                                    cross_entropy=False, fused_linear_cross_entropy=False, model=base)
+        ctx["kernels"] = ("liger", f"parts {kernels}")
+        fused = "swiglu" in kernels
+    else:
+        if kernels != "none" and ctx.get("kernels", ("none",))[0] == "none":
+            ctx["kernels"] = apply_kernels(base, kernels, device)  # patches the base for good (see the run order)
+        fused = kernels != "none" and ctx.get("kernels", ("none",))[0] == "liger"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    cap = memory_plan.apply_budget(device, cap_gb)
+    plan = memory_plan.plan_memory(base.config, free=memory_plan.free_bytes(device, cap), longest=ctx["longest"],
+                                   checkpointing=checkpointing, token_budget=budget, fused_swiglu=fused)
+    from pipeline.packing import packing_unsupported
+
+    if packing and packing_unsupported("sdpa"):
+        print(f"{name}: no packing: {packing_unsupported('sdpa')}", flush=True)
+        packing = False
+    model = add_lora(base, args.seed)
+    if plan.gradient_checkpointing:
+        enable_checkpointing(model)
+    params, opt = make_optimizer(model, device, args.lr)
+    module = AnswerLoss(model) if legacy else AnswerPositionLoss(model)
+    seen = {"max_micro_tokens": 0}
+
+    def one(chosen: list) -> torch.Tensor:
+        if legacy:
+            return legacy_step(module, chosen, ctx["pad"], device, args.micro)
+        loss, step = ours_step(module, chosen, ctx["pad"], device, plan.token_budget, packing)
+        seen["max_micro_tokens"] = max([seen["max_micro_tokens"]] + [int(m.input_ids.numel()) for m in step.micro])
+        return loss
+
+    fixed = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    res = run_trainer(name, one, params, opt, ctx["steps"][:steps or args.steps], ctx["examples"], device,
+                      args.warmup, ctx["profile"] if name in PROFILED else None)
+    strip(model, base)
+    if cap is not None:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    res["plan"] = plan.to_dict()
+    res["kernels"] = "liger" if fused else "none"
+    res["packing"] = packing
+    if device.type == "cuda" and seen["max_micro_tokens"]:
+        res["measured_bytes_per_token"] = int((res["peak_gib"] * 2**30 - fixed) / seen["max_micro_tokens"])
+    return res
+
+
+PROFILED = ("ours-before", "ours", "packing-again", "liger-swiglu")
+KERNEL_STUDY = [  # shapes seen once, then again (cuDNN attention plans are cached per shape), then liger part by part
+    ("packing-first", dict(checkpointing="auto", budget="auto", packing=True)),
+    ("packing-again", dict(checkpointing="auto", budget="auto", packing=True)),
+    ("liger-rope", dict(checkpointing="auto", budget="auto", packing=True, kernels=("rope",))),
+    ("liger-rmsnorm", dict(checkpointing="auto", budget="auto", packing=True, kernels=("rope", "rms_norm"))),
+    ("liger-swiglu", dict(checkpointing="auto", budget="auto", packing=True, kernels=("rope", "rms_norm", "swiglu"))),
+]
+LEVERS = [  # cumulative: each adds one change to the one above
+    ("ours-before", dict(legacy=True, checkpointing=True)),
+    ("+no-host-syncs", dict(checkpointing=True, budget=2048)),
+    ("+no-checkpointing", dict(checkpointing=False, budget=2048)),
+    ("+token-budget-auto", dict(checkpointing="auto", budget="auto")),
+    ("+packing", dict(checkpointing="auto", budget="auto", packing=True)),
+    ("+liger-kernels", dict(checkpointing="auto", budget="auto", packing=True, kernels="auto")),
+]
+
+
+def recipe_settings(path: Path) -> dict:
+    """What ``python -m pipeline finetune`` does by default with this recipe, as run_ours keywords."""
+    from pipeline.config import load_recipe
+
+    r = load_recipe(path)
+    if r.train.micro_batch_tokens is None:
+        return dict(legacy=True, checkpointing=r.model.gradient_checkpointing)
+    return dict(checkpointing=r.model.gradient_checkpointing, budget=r.train.micro_batch_tokens,
+                packing=r.data.packing, kernels=r.model.kernels)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def parse(argv: Optional[list[str]]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="random:llama2-7b", help="model spec or folder (default: 7B shape, random)")
+    ap.add_argument("--tiny", action="store_true", help="a 2-layer random LLaMA for a CPU smoke run")
+    ap.add_argument("--data", default=str(ROOT / "tests/data/medqa/us5_test.jsonl"))
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N questions")
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/medqa-qlora-7b.yaml"), help="'ours' runs its defaults")
+    ap.add_argument("--vocab", type=int, default=3000)
+    ap.add_argument("--per-step", type=int, default=32, help="sequences per optimizer step (the seed's 4 x 8)")
+    ap.add_argument("--micro", type=int, default=8, help="the peer's micro-batch (gradient accumulation = 32/8)")
+    ap.add_argument("--steps", type=int, default=50, help="optimizer steps of peer and ours (loss compared after)")
+    ap.add_argument("--warmup", type=int, default=3, help="first steps not timed")
+    ap.add_argument("--levers", type=int, default=0, metavar="STEPS", help="also run each lever for STEPS steps")
+    ap.add_argument("--cap-gb", type=float, default=0, help="also run ours with the process capped at this many GiB")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--kernel-study", type=int, default=0, metavar="STEPS",
+                    help="instead of peer/levers: packing twice, then liger's RoPE, RMSNorm, SwiGLU one by one")
+    ap.add_argument("--profile", default=None, help="folder for torch.profiler tables of one step each")
+    ap.add_argument("--out", default=None, help="write all numbers as JSON here")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.model = TINY
+    if args.steps <= args.warmup:
+        ap.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
+    return args
+
+
+def prepare(args) -> dict:
+    import importlib.util
+
+    from pipeline.data import load_questions
+    from pipeline.prompts import encode_example
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    questions = load_questions(args.data)[: args.limit]
+    tokenizer = medqa_tokenizer(questions, args.vocab)
+    examples = [encode_example(tokenizer, q, "letter", 1024) for q in questions]
+    nf4 = device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None
+    words = sum(len(e.split()) for q in questions for e in [q.question] + list(q.options.values()))
+    ctx = dict(device=device, examples=examples, pad=tokenizer.pad_token_id, nf4=nf4,
+               longest=max(len(e["input_ids"]) for e in examples),
+               steps=step_plan(len(examples), args.per_step,
+                               max(args.steps, args.levers or 0, args.kernel_study or 0), args.seed),
+               profile=Path(args.profile) if args.profile else None,
+               tokens_per_word=sum(len(e["input_ids"]) for e in examples) / max(1, words))
+    if ctx["profile"]:
+        ctx["profile"].mkdir(parents=True, exist_ok=True)
+    return ctx
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0], "torch": torch.__version__}
+    for name in ("transformers", "peft", "bitsandbytes", "liger_kernel", "triton"):
+        try:
+            out[name] = md.version(name.replace("_", "-"))
+        except md.PackageNotFoundError:
+            out[name] = None
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+        out["hip"] = getattr(torch.version, "hip", None)
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def table(results: list[dict], meta: dict) -> str:
+    peer = next((r for r in results if r["trainer"] == "peer"), None)
+    lines = [f"{'trainer':<20} {'tok/s':>8} {'step s':>7} {'peak GiB':>8} {'loss end':>9} {'last5':>8} "
+             f"{'TFLOP/s':>8} {'% mm':>5} {'x peer':>7} {'loss vs peer':>12}"]
+    for r in results:
+        tps = r["tokens_per_s"] or 0.0
+        tflops = 4 * meta["base_params"] * tps / 1e12
+        pct = f"{100 * tflops / meta['matmul_tflops']:.0f}" if meta.get("matmul_tflops") else "-"
+        ratio = f"{tps / peer['tokens_per_s']:.2f}" if peer and peer["tokens_per_s"] else "-"
+        same_len = peer and len(peer["losses"]) == len(r["losses"])
+        dloss = f"{100 * (r['final_loss'] / peer['final_loss'] - 1):+.2f}%" if same_len else "-"
+        peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
+        lines.append(f"{r['trainer']:<20} {tps:8.0f} {r['median_step_s'] or 0:7.3f} {peak:>8} {r['final_loss']:9.4f} "
+                     f"{r['mean_last5']:8.4f} {tflops:8.1f} {pct:>5} {ratio:>7} {dloss:>12}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse(argv)
+    ctx = prepare(args)
+    device = ctx["device"]
+    t0 = time.perf_counter()
+    base = load_base(args.model, device, ctx["nf4"])
+    meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+            "versions": versions(), "model": args.model, "nf4": ctx["nf4"], "questions": len(ctx["examples"]),
+            "mean_tokens_per_sequence": sum(len(e["input_ids"]) for e in ctx["examples"]) / len(ctx["examples"]),
+            "tokens_per_word": ctx["tokens_per_word"], "longest": ctx["longest"], "per_step": args.per_step,
+            "base_params": base_params(base), "load_s": round(time.perf_counter() - t0, 1),
+            "matmul_tflops": matmul_tflops(device)}
+    print(json.dumps(meta), flush=True)
+    results: list[dict] = []
+
+    def record(run: Callable[[], dict], name: str) -> None:
+        import gc
+
+        try:
+            res = run()
+        except Exception as exc:  # noqa: BLE001
+            # One trainer failing (out of memory: the plan was wrong) is a result, not the end of the run; the exit
+            # status still says so.
+            import traceback
+
+            traceback.print_exc()
+            print(f"{name}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            meta.setdefault("failed", {})[name] = str(exc)[:1000]
+            return
+        finally:
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results.append(res)
+        print(f"{res['trainer']}: {res['tokens_per_s'] or 0:.0f} tokens/s, median step {res['median_step_s']} s, "
+              f"peak {res['peak_gib']} GiB, loss {res['final_loss']:.4f}, plan {res.get('plan')}", flush=True)
+        if args.out:
+            from kit import atomic
+
+            atomic.write_text(Path(args.out), json.dumps({"meta": meta, "results": results}, indent=1))
+
+    def ours(name: str, steps: int = 0, **kw: Any) -> None:
+        record(lambda: run_ours(base, args, ctx, name, steps=steps, **kw), name)
+
+    if args.kernel_study:
+        for name, kw in KERNEL_STUDY:
+            ours(name, args.kernel_study, **kw)
+        if args.cap_gb:
+            ours(f"ours-{args.cap_gb:g}GiB", args.kernel_study, cap_gb=args.cap_gb,
+                 **recipe_settings(Path(args.recipe)))
+        print(table(results, meta))
+        return 0 if not meta.get("failed") else 1
+    record(lambda: run_peer(base, args, ctx), "peer")
+    levers = LEVERS if args.levers else []
+    for name, kw in levers[:-1]:  # kernels patch the base for good: the liger lever comes after the default run
+        ours(name, args.levers, **kw)
+    default = recipe_settings(Path(args.recipe))
+    default_kernels = default.get("kernels", "none") != "none"
+    if levers and not default_kernels:
+        ours(levers[-1][0], args.levers, **levers[-1][1])
+    ours("ours", **default)
+    if levers and default_kernels:
+        ours(levers[-1][0], args.levers, **levers[-1][1])
+    if args.cap_gb:
+        ours(f"ours-{args.cap_gb:g}GiB", args.levers, cap_gb=args.cap_gb, **default)
+    if not results:
+        return 1
+    print(table(results, meta))
+    mine = next((r for r in results if r["trainer"] == "ours"), None)
+    peer = next((r for r in results if r["trainer"] == "peer"), None)
+    step_tokens = meta["mean_tokens_per_sequence"] * args.per_step
+    if mine and peer and mine["tokens_per_s"]:
+        print(f"seed recipe projected on this device: 3000 steps x {args.per_step} sequences = "
+              f"{3000 * step_tokens / mine['tokens_per_s'] / 60:.1f} min (ours), "
+              f"{3000 * step_tokens / peer['tokens_per_s'] / 60:.1f} min (peer)")
+    return 0 if not meta.get("failed") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""scripts/bench/train_throughput.py runs on CPU with a tiny model (so CI keeps it from rotting) and its numbers
+hang together: every trainer timed, the same steps for all, and the same first-step loss (LoRA B starts at zero,
+so step 1's loss is the base model's on the same sequences, whichever trainer computes it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_bench_runs_on_cpu_with_a_tiny_model(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts/bench/train_throughput.py"), "--tiny", "--steps", "3", "--warmup", "1",
+           "--levers", "2", "--limit", "40", "--per-step", "8", "--micro", "4", "--cap-gb", "1", "--out", str(out)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", KIT_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "x peer" in proc.stdout and "seed recipe projected" in proc.stdout
+
+    data = json.loads(out.read_text())
+    names = [r["trainer"] for r in data["results"]]
+    assert names[0] == "peer" and "ours" in names and "ours-before" in names and "ours-1GiB" in names
+    assert data["meta"]["questions"] == 40 and data["meta"]["mean_tokens_per_sequence"] > 100  # real MedQA lengths
+    first = data["results"][0]["losses"][0]
+    for r in data["results"]:
+        assert r["tokens_per_s"] > 0 and r["timed_steps"] >= 1, r["trainer"]
+        assert r["losses"][0] == pytest.approx(first, rel=1e-4), r["trainer"]
+    ours = next(r for r in data["results"] if r["trainer"] == "ours")
+    assert len(ours["losses"]) == len(data["results"][0]["losses"]) == 3
+    assert ours["plan"]["gradient_checkpointing"] is False  # the seed recipe's auto on a CPU
