@@ -52,6 +52,17 @@ COPY pipeline/ pipeline/
 ARG VCS_REF=unknown
 ARG VERSION=0.1.0
 ARG SOURCE_URL=unknown
+# The image manifest (kit/manifest.py): stack keys, base digests, lock sha256s, every installed package, in
+# /opt/kit/manifest.json for the run reports; the stack keys are labels too (docker inspect). KIT_STACK is the
+# "KEY=value ..." line make passes (overrides included).
+ARG KIT_VENDOR=unknown
+ARG KIT_STACK=""
+RUN --mount=type=bind,source=requirements,target=/tmp/requirements \
+    python -m kit.manifest --vendor "${KIT_VENDOR}" --stack "${KIT_STACK}" --revision "${VCS_REF}" \
+        --source "${SOURCE_URL}" --lock-dir /tmp/requirements --output /opt/kit/manifest.json
+LABEL io.github.clinical-finetune-kit.vendor="${KIT_VENDOR}" \
+      io.github.clinical-finetune-kit.stack="${KIT_STACK}" \
+      io.github.clinical-finetune-kit.manifest="/opt/kit/manifest.json"
 LABEL org.opencontainers.image.title="clinical-finetune-kit" \
       org.opencontainers.image.description="QLoRA fine-tune and evaluate on MedQA; environment checks" \
       org.opencontainers.image.source="${SOURCE_URL}" \

@@ -60,7 +60,8 @@ define build_image
 	$(DOCKER) buildx build -f Dockerfile.$(1) --target runtime $(call stack_args,$(1)) $(if $(MAX_JOBS),--build-arg MAX_JOBS=$(MAX_JOBS)) \
 		$(2) $(COMMON_ARGS) --load -t $(call RUNTIME_IMAGE,$(1)) .
 	$(DOCKER) buildx build -f Dockerfile.app --build-arg RUNTIME_IMAGE=$(call RUNTIME_IMAGE,$(1)) \
-		--build-arg IMAGE_LOCK=image-$(1).lock $(APP_ARGS) $(COMMON_ARGS) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-$(1) .
+		--build-arg IMAGE_LOCK=image-$(1).lock --build-arg KIT_VENDOR=$(1) \
+		--build-arg 'KIT_STACK=$(foreach k,$($(call upper,$(1))_KEYS),$(k)=$($(k)))' $(APP_ARGS) $(COMMON_ARGS) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-$(1) .
 endef
 
 .DEFAULT_GOAL := help

@@ -3,6 +3,7 @@
     python -m pipeline prepare  --recipe recipes/demo-cpu.yaml
     python -m pipeline finetune --recipe recipes/medqa-qlora-7b.yaml [section.key=value ...] [--resume] [--plain]
     python -m pipeline evaluate --model DIR [--adapter DIR] --data FILE --output DIR [--limit N] [--scoring cloze]
+    python -m pipeline reproduce runs/demo/report.json [--output comparison.json]
 
 Mistakes in what the user gave us (recipe keys and types, data rows, an impossible setting for this machine) exit
 with status 2 and a short message naming the key, file:line or setting, never a traceback: the user's fix is in
@@ -58,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--scoring", choices=["letter", "cloze"], default="letter")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+
+    rp = sub.add_parser("reproduce", help="re-run a report's evaluation; exit 0 if the predictions match, 1 if not")
+    rp.add_argument("report", help="report.json (or its folder) written by finetune or evaluate")
+    rp.add_argument("--output", help="also write the comparison as JSON to this file")
+    rp.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     return parser
 
 
@@ -66,14 +72,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     from pipeline.config import RecipeError
     from pipeline.data import DataError
     from pipeline.errors import UnsupportedError
+    from pipeline.reproduce import ReproduceError
 
     try:
         if args.command == "prepare":
             return cmd_prepare(args)
         if args.command == "finetune":
             return cmd_finetune(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         return cmd_evaluate(args)
-    except (RecipeError, DataError, UnsupportedError, FileNotFoundError) as exc:
+    except (RecipeError, DataError, UnsupportedError, ReproduceError, FileNotFoundError) as exc:
         return _fail(str(exc))
     except ValueError as exc:
         # encode_example and the batcher raise ValueError naming the example (file:line) or the setting.
@@ -94,6 +103,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     finetune(recipe, resume=args.resume, overwrite=args.overwrite, plain=True if args.plain else None)
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from kit import atomic
+    from pipeline.reproduce import render, reproduce
+
+    comparison = reproduce(Path(args.report), device=args.device)
+    print(render(comparison))
+    if args.output:
+        atomic.write_text(Path(args.output), json.dumps(comparison.to_dict(), indent=2) + "\n")
+    return 0 if comparison.identical else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
