@@ -66,7 +66,7 @@ endef
 
 .DEFAULT_GOAL := help
 .PHONY: help env resolve-digests image-rocm image-cuda image-cpu wheels-rocm wheels-cuda push save load finetune \
-	evaluate check shell provision demo test test-fast test-compat lint locks
+	evaluate check shell provision demo test test-fast test-compat lint locks base-local
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -105,15 +105,15 @@ push: ## push $(IMAGE) (VENDOR=..., REGISTRY=host/path/ required)
 	@test -n "$(REGISTRY)" || { echo "push: set REGISTRY=host/path/ (with the trailing slash)" >&2; exit 2; }
 	$(DOCKER) push $(IMAGE)
 
-save: ## write $(IMAGE) to dist/ as a .tar.gz, for air-gapped hosts
-	@mkdir -p $(DIST)
-	$(DOCKER) save $(IMAGE) | gzip -1 > $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.tmp
-	mv $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.tmp $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz
-	sha256sum $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz > $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.sha256
+save: ## write $(IMAGE) to dist/ as .tar.gz + .sha256 + .json (image ID, digests, labels), for air-gapped hosts
+	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh save $(IMAGE) $(DIST)
 
-load: ## load dist/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz after checking its sha256
-	sha256sum -c $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.sha256
-	$(DOCKER) load -i $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz
+load: ## load $(IMAGE) from dist/: checks the sha256, then that the loaded image has the ID recorded by save
+	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh load $(IMAGE) $(DIST)
+
+base-local: ## no registry: make a Debian 12 + Python base from Debian packages (debootstrap) and print its tag
+	@bash scripts/ci/docker-cpu-base.sh
+	@echo "then: make image-cpu CPU_BASE=$${CKIT_CPU_BASE_TAG:-ckit-ci/bookworm-python:3.11} (docs/airgap.md)" >&2
 
 COMPOSE = KIT_VENDOR=$(VENDOR) KIT_TAG=$(TAG) KIT_REGISTRY=$(REGISTRY) $(DOCKER) compose
 ARGS ?=
