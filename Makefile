@@ -20,6 +20,12 @@ TORCH_WHEELS ?=
 ifneq ($(TORCH_WHEELS),)
 CPU_TORCH_INDEX_URL =
 endif
+# A folder written by `make wheelhouse`: every pip install of the image build then runs with --no-index from it.
+WHEELHOUSE   ?=
+ifneq ($(WHEELHOUSE),)
+TORCH_WHEELS = $(WHEELHOUSE)/wheels
+CPU_TORCH_INDEX_URL =
+endif
 # A folder of wheels exported by `make wheels-<vendor>`: the image build reuses them instead of compiling.
 WHEELS       ?=
 # Extra pyinfra flags for `make provision`, e.g. PROVISION_ARGS="--dry --sudo --limit node1".
@@ -41,7 +47,8 @@ SOURCE_URL := $(shell git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*
 # vendor -> its stack keys as --build-arg values (quoted: GPU arch lists hold ';').
 upper = $(if $(filter rocm,$(1)),ROCM,$(if $(filter cuda,$(1)),CUDA,CPU))
 stack_args = $(foreach k,$($(call upper,$(1))_KEYS),--build-arg '$(k)=$($(k))')
-COMMON_ARGS = $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) $(BUILD_FLAGS)
+COMMON_ARGS = $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) $(BUILD_FLAGS) \
+	$(if $(WHEELHOUSE),--build-context wheelhouse=$(abspath $(WHEELHOUSE)) --build-arg WHEELHOUSE=1)
 APP_ARGS = --build-arg VCS_REF=$(VCS_REF) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL))
 WHEELS_CONTEXT = $(if $(WHEELS),--build-context wheels=$(abspath $(WHEELS)))
 TORCH_WHEELS_CONTEXT = $(if $(TORCH_WHEELS),--build-context torch-wheels=$(abspath $(TORCH_WHEELS)))
@@ -66,11 +73,11 @@ endef
 
 .DEFAULT_GOAL := help
 .PHONY: help env resolve-digests image-rocm image-cuda image-cpu wheels-rocm wheels-cuda push save load finetune \
-	evaluate check shell provision demo test test-fast test-compat lint locks base-local
+	evaluate check shell provision demo test test-fast test-compat lint locks base-local wheelhouse
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELS TORCH_WHEELS CA_BUNDLE BUILD_FLAGS MAX_JOBS, and any stack.env key"
+	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELHOUSE WHEELS TORCH_WHEELS CA_BUNDLE BUILD_FLAGS MAX_JOBS, and any stack.env key"
 
 env: ## write or update .env for compose (your UID/GID, video/render GIDs, KIT_VENDOR/KIT_TAG); your own lines stay
 	@bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
@@ -104,6 +111,9 @@ wheels-cuda: ## compile FlashAttention for the CUDA_ARCH_LIST targets once, expo
 push: ## push $(IMAGE) (VENDOR=..., REGISTRY=host/path/ required)
 	@test -n "$(REGISTRY)" || { echo "push: set REGISTRY=host/path/ (with the trailing slash)" >&2; exit 2; }
 	$(DOCKER) push $(IMAGE)
+
+wheelhouse: ## on a connected machine: every wheel + pinned source archive the VENDOR image needs, with SHA256SUMS
+	$(PYTHON) scripts/airgap/wheelhouse.py --vendor $(VENDOR) --output $(DIST)/wheelhouse
 
 save: ## write $(IMAGE) to dist/ as .tar.gz + .sha256 + .json (image ID, digests, labels), for air-gapped hosts
 	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh save $(IMAGE) $(DIST)
