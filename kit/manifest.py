@@ -122,6 +122,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     manifest = build_manifest(args.vendor, stack, args.lock, args.revision, args.source)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(args.output, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.chmod(args.output, 0o644)  # the image's runs are any UID (compose runs as the caller): world-readable
     return 0
 
 

@@ -39,7 +39,9 @@ from kit.stack import read_stack  # noqa: E402  (the script runs from a checkout
 
 # The images' Python, by vendor: Debian 12 (CPU) has 3.11, Ubuntu 22.04 (ROCm/CUDA runtime bases) 3.10.
 PYTHON_VERSION = {"cpu": "3.11", "rocm": "3.10", "cuda": "3.10"}
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "linux_x86_64")
+# pip takes --platform tags literally: every manylinux tag the images' glibc (2.35 Ubuntu 22.04, 2.36 Debian 12) runs.
+PLATFORMS = tuple(f"manylinux_2_{minor}_x86_64" for minor in range(35, 4, -1)) + (
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64")
 
 
 class WheelhouseError(RuntimeError):
