@@ -141,7 +141,7 @@ def compare(original: list[dict[str, Any]], rerun: list[dict[str, Any]], same_st
         raise ReproduceError(f"the report has {len(original)} predictions, the re-run {len(rerun)}: "
                              "the limit or the data differ")
     result = Comparison(same_stack, stack_differences, len(original))
-    for old, new in zip(original, rerun):
+    for old, new in zip(original, rerun, strict=True):
         shared = set(old.get("scores", {})) & set(new.get("scores", {}))
         for letter in shared:
             result.max_score_difference = max(result.max_score_difference,

@@ -135,7 +135,8 @@ def download_checked(url: str, sha256: str, dest_dir: Path) -> dict[str, Any]:
 
 def sources_for(vendor: str, stack: dict[str, str], dest_dir: Path) -> list[dict[str, Any]]:
     if vendor == "rocm":
-        return [archive_git_ref(stack["ROCM_FLASH_ATTN_REPO"], stack["ROCM_FLASH_ATTN_REF"], dest_dir, "flash-attention"),
+        return [archive_git_ref(stack["ROCM_FLASH_ATTN_REPO"], stack["ROCM_FLASH_ATTN_REF"], dest_dir,
+                                "flash-attention"),
                 archive_git_ref(stack["ROCM_BNB_REPO"], stack["ROCM_BNB_REF"], dest_dir, "bitsandbytes")]
     if vendor == "cuda":
         return [download_checked(stack["CUDA_FLASH_ATTN_URL"], stack["CUDA_FLASH_ATTN_SHA256"], dest_dir)]
