@@ -75,3 +75,4 @@ def test_load_refuses_a_different_image_under_the_name(tiny_image, tmp_path):
     record_path.write_text(json.dumps(record))
     result = _make("load", f"DIST={tmp_path}", check=False)
     assert result.returncode != 0 and "recorded sha256:111" in result.stderr
+
