@@ -37,6 +37,8 @@ BUILD_FLAGS  ?=
 DOCKER       ?= docker
 PYTHON       ?= .venv/bin/python
 DIST         ?= dist
+# File names of `make save` / `make load` in DIST: NAME.tar.gz, NAME.tar.gz.sha256, NAME.json.
+SAVE_NAME    ?= clinical-finetune-kit-$(TAG)-$(VENDOR)
 
 comma := ,
 PLACEHOLDER_DIGEST := sha256:0000000000000000000000000000000000000000000000000000000000000000
@@ -116,10 +118,10 @@ wheelhouse: ## on a connected machine: every wheel + pinned source archive the V
 	$(PYTHON) scripts/airgap/wheelhouse.py --vendor $(VENDOR) --output $(DIST)/wheelhouse
 
 save: ## write $(IMAGE) to dist/ as .tar.gz + .sha256 + .json (image ID, digests, labels), for air-gapped hosts
-	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh save $(IMAGE) $(DIST)
+	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh save $(IMAGE) $(DIST) $(SAVE_NAME)
 
 load: ## load $(IMAGE) from dist/: checks the sha256, then that the loaded image has the ID recorded by save
-	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh load $(IMAGE) $(DIST)
+	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh load $(IMAGE) $(DIST) $(SAVE_NAME)
 
 base-local: ## no registry: make a Debian 12 + Python base from Debian packages (debootstrap) and print its tag
 	@bash scripts/ci/docker-cpu-base.sh

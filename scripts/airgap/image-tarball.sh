@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # `make save` / `make load`: move an image to an air-gapped host as a tarball, with its identity recorded.
-#   image-tarball.sh save IMAGE DIR   -> DIR/NAME.tar.gz, NAME.tar.gz.sha256 (sha256sum format) and NAME.json:
+#   image-tarball.sh save IMAGE DIR [NAME] -> DIR/NAME.tar.gz, NAME.tar.gz.sha256 (sha256sum format) and NAME.json:
 #                                        the image ID (the config digest, which `docker load` keeps), its
 #                                        RepoDigests where it was pushed, and its labels (the kit's stack labels).
-#   image-tarball.sh load IMAGE DIR   -> checks the tarball's sha256, loads it, and fails unless the loaded
+#   image-tarball.sh load IMAGE DIR [NAME] -> checks the tarball's sha256, loads it, and fails unless the loaded
 #                                        image has the ID recorded at save time.
-# NAME is IMAGE with '/' and ':' replaced by '_'. Writes go through a temporary file and a rename: an interrupted
+# NAME defaults to IMAGE with '/' and ':' replaced by '_' (make passes clinical-finetune-kit-TAG-VENDOR). Writes go through a temporary file and a rename: an interrupted
 # save leaves no tarball that looks complete. DOCKER names the CLI (default: docker).
 set -euo pipefail
 
 DOCKER="${DOCKER:-docker}"
-usage() { echo "usage: $0 save|load IMAGE DIR" >&2; exit 2; }
-[[ $# -eq 3 ]] || usage
+usage() { echo "usage: $0 save|load IMAGE DIR [NAME]" >&2; exit 2; }
+[[ $# -eq 3 || $# -eq 4 ]] || usage
 action="$1" image="$2" dir="$3"
-name="$(printf '%s' "$image" | tr '/:' '__')"
+name="${4:-$(printf '%s' "$image" | tr '/:' '__')}"
 tarball="$dir/$name.tar.gz"
 
 case "$action" in
@@ -40,7 +40,7 @@ load)
     for file in "$tarball" "$tarball.sha256" "$dir/$name.json"; do
         [[ -f "$file" ]] || { echo "load: $file is missing (make save writes it beside the tarball)" >&2; exit 2; }
     done
-    (cd "$dir" && sha256sum --quiet -c "$name.tar.gz.sha256") \
+    (cd "$dir" && sha256sum -c "$name.tar.gz.sha256") \
         || { echo "load: $tarball does not match $tarball.sha256: copy it again" >&2; exit 1; }
     expected="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$dir/$name.json")"
     $DOCKER load -i "$tarball"

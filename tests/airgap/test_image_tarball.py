@@ -49,7 +49,7 @@ def tiny_image():
 
 def test_save_then_load_keeps_the_recorded_id(tiny_image, tmp_path):
     _make("save", f"DIST={tmp_path}")
-    name = "ckit-test_airgap-tarball_1"
+    name = "clinical-finetune-kit-latest-cpu"
     record = json.loads((tmp_path / f"{name}.json").read_text())
     assert record["id"] == tiny_image and record["labels"]["io.github.clinical-finetune-kit.vendor"] == "cpu"
     assert (tmp_path / f"{name}.tar.gz.sha256").read_text().split()[0] == record["tarball_sha256"]
@@ -61,7 +61,7 @@ def test_save_then_load_keeps_the_recorded_id(tiny_image, tmp_path):
 
 def test_load_refuses_a_damaged_tarball(tiny_image, tmp_path):
     _make("save", f"DIST={tmp_path}")
-    tarball = tmp_path / "ckit-test_airgap-tarball_1.tar.gz"
+    tarball = tmp_path / "clinical-finetune-kit-latest-cpu.tar.gz"
     tarball.write_bytes(tarball.read_bytes()[:-10])
     result = _make("load", f"DIST={tmp_path}", check=False)
     assert result.returncode != 0 and "does not match" in result.stderr
@@ -69,7 +69,7 @@ def test_load_refuses_a_damaged_tarball(tiny_image, tmp_path):
 
 def test_load_refuses_a_different_image_under_the_name(tiny_image, tmp_path):
     _make("save", f"DIST={tmp_path}")
-    record_path = tmp_path / "ckit-test_airgap-tarball_1.json"
+    record_path = tmp_path / "clinical-finetune-kit-latest-cpu.json"
     record = json.loads(record_path.read_text())
     record["id"] = "sha256:" + "1" * 64
     record_path.write_text(json.dumps(record))
