@@ -4,6 +4,10 @@
 # a second file and not a named build context). CI builds it for real on the CPU runtime on every run.
 ARG RUNTIME_IMAGE
 
+# ---- wheelhouse: empty by default; `make image-VENDOR WHEELHOUSE=dist/wheelhouse` passes the folder written by
+# `make wheelhouse` as this build context, and pip then installs from it with no index at all (docs/airgap.md).
+FROM scratch AS wheelhouse
+
 # ---- app: the pipeline, the checks and their locked Python dependencies. Last, so that a code change rebuilds
 # only the COPY layers at the end of this stage and everything below stays cached.
 FROM ${RUNTIME_IMAGE:?unset:build_through_make_image-VENDOR_the_versions_live_in_stack.env} AS app
@@ -16,10 +20,14 @@ ARG APP_GID=1000
 # extension must load as the pipeline will load it: bitsandbytes' native library for this torch (its loader picks
 # the file by torch's HIP/CUDA version, so a name mismatch fails here, no GPU needed) and flash_attn's .so.
 COPY requirements/${IMAGE_LOCK:?unset:build_through_make} requirements/image-demo.lock /tmp/locks/
+ARG WHEELHOUSE=""
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     --mount=type=secret,id=ca_bundle --mount=type=tmpfs,target=/run/ckit \
-    with-build-secrets pip install --require-hashes -r "/tmp/locks/${IMAGE_LOCK}" \
-    && with-build-secrets pip install --require-hashes --no-deps -r /tmp/locks/image-demo.lock \
+    --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    with-build-secrets pip install ${WHEELHOUSE:+--no-index --find-links /wheelhouse/wheels} \
+        --require-hashes -r "/tmp/locks/${IMAGE_LOCK}" \
+    && with-build-secrets pip install ${WHEELHOUSE:+--no-index --find-links /wheelhouse/wheels} \
+        --require-hashes --no-deps -r /tmp/locks/image-demo.lock \
     && rm -rf /tmp/locks \
     && python /usr/local/lib/clinical-finetune-kit/check_extensions.py imports
 # A non-root user. compose runs the services as the invoking user's UID instead (so outputs belong to them);
@@ -53,6 +61,17 @@ COPY pipeline/ pipeline/
 ARG VCS_REF=unknown
 ARG VERSION=0.1.0
 ARG SOURCE_URL=unknown
+# The image manifest (kit/manifest.py): stack keys, base digests, lock sha256s, every installed package, in
+# /opt/kit/manifest.json for the run reports; the stack keys are labels too (docker inspect). KIT_STACK is the
+# "KEY=value ..." line make passes (overrides included).
+ARG KIT_VENDOR=unknown
+ARG KIT_STACK=""
+RUN --mount=type=bind,source=requirements,target=/tmp/requirements \
+    python -m kit.manifest --vendor "${KIT_VENDOR}" --stack "${KIT_STACK}" --revision "${VCS_REF}" \
+        --source "${SOURCE_URL}" --lock-dir /tmp/requirements --output /opt/kit/manifest.json
+LABEL io.github.clinical-finetune-kit.vendor="${KIT_VENDOR}" \
+      io.github.clinical-finetune-kit.stack="${KIT_STACK}" \
+      io.github.clinical-finetune-kit.manifest="/opt/kit/manifest.json"
 LABEL org.opencontainers.image.title="clinical-finetune-kit" \
       org.opencontainers.image.description="QLoRA fine-tune and evaluate on MedQA; environment checks" \
       org.opencontainers.image.source="${SOURCE_URL}" \

@@ -20,6 +20,12 @@ TORCH_WHEELS ?=
 ifneq ($(TORCH_WHEELS),)
 CPU_TORCH_INDEX_URL =
 endif
+# A folder written by `make wheelhouse`: every pip install of the image build then runs with --no-index from it.
+WHEELHOUSE   ?=
+ifneq ($(WHEELHOUSE),)
+TORCH_WHEELS = $(WHEELHOUSE)/wheels
+CPU_TORCH_INDEX_URL =
+endif
 # A folder of wheels exported by `make wheels-<vendor>`: the image build reuses them instead of compiling.
 WHEELS       ?=
 # Extra pyinfra flags for `make provision`, e.g. PROVISION_ARGS="--dry --sudo --limit node1".
@@ -31,6 +37,8 @@ BUILD_FLAGS  ?=
 DOCKER       ?= docker
 PYTHON       ?= .venv/bin/python
 DIST         ?= dist
+# File names of `make save` / `make load` in DIST: NAME.tar.gz, NAME.tar.gz.sha256, NAME.json.
+SAVE_NAME    ?= clinical-finetune-kit-$(TAG)-$(VENDOR)
 
 comma := ,
 PLACEHOLDER_DIGEST := sha256:0000000000000000000000000000000000000000000000000000000000000000
@@ -41,7 +49,8 @@ SOURCE_URL := $(shell git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*
 # vendor -> its stack keys as --build-arg values (quoted: GPU arch lists hold ';').
 upper = $(if $(filter rocm,$(1)),ROCM,$(if $(filter cuda,$(1)),CUDA,CPU))
 stack_args = $(foreach k,$($(call upper,$(1))_KEYS),--build-arg '$(k)=$($(k))')
-COMMON_ARGS = $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) $(BUILD_FLAGS)
+COMMON_ARGS = $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) $(BUILD_FLAGS) \
+	$(if $(WHEELHOUSE),--build-context wheelhouse=$(abspath $(WHEELHOUSE)) --build-arg WHEELHOUSE=1)
 APP_ARGS = --build-arg VCS_REF=$(VCS_REF) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL))
 WHEELS_CONTEXT = $(if $(WHEELS),--build-context wheels=$(abspath $(WHEELS)))
 TORCH_WHEELS_CONTEXT = $(if $(TORCH_WHEELS),--build-context torch-wheels=$(abspath $(TORCH_WHEELS)))
@@ -60,16 +69,17 @@ define build_image
 	$(DOCKER) buildx build -f Dockerfile.$(1) --target runtime $(call stack_args,$(1)) $(if $(MAX_JOBS),--build-arg MAX_JOBS=$(MAX_JOBS)) \
 		$(2) $(COMMON_ARGS) --load -t $(call RUNTIME_IMAGE,$(1)) .
 	$(DOCKER) buildx build -f Dockerfile.app --build-arg RUNTIME_IMAGE=$(call RUNTIME_IMAGE,$(1)) \
-		--build-arg IMAGE_LOCK=image-$(1).lock $(APP_ARGS) $(COMMON_ARGS) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-$(1) .
+		--build-arg IMAGE_LOCK=image-$(1).lock --build-arg KIT_VENDOR=$(1) \
+		--build-arg 'KIT_STACK=$(foreach k,$($(call upper,$(1))_KEYS),$(k)=$($(k)))' $(APP_ARGS) $(COMMON_ARGS) --load -t $(REGISTRY)clinical-finetune-kit:$(TAG)-$(1) .
 endef
 
 .DEFAULT_GOAL := help
 .PHONY: help env resolve-digests image-rocm image-cuda image-cpu wheels-rocm wheels-cuda push save load finetune \
-	evaluate check shell provision demo test test-fast test-compat lint locks
+	evaluate check shell provision demo test test-fast test-compat lint locks base-local wheelhouse
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELS TORCH_WHEELS CA_BUNDLE BUILD_FLAGS MAX_JOBS, and any stack.env key"
+	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELHOUSE WHEELS TORCH_WHEELS CA_BUNDLE BUILD_FLAGS MAX_JOBS, and any stack.env key"
 
 env: ## write or update .env for compose (your UID/GID, video/render GIDs, KIT_VENDOR/KIT_TAG); your own lines stay
 	@bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
@@ -104,15 +114,18 @@ push: ## push $(IMAGE) (VENDOR=..., REGISTRY=host/path/ required)
 	@test -n "$(REGISTRY)" || { echo "push: set REGISTRY=host/path/ (with the trailing slash)" >&2; exit 2; }
 	$(DOCKER) push $(IMAGE)
 
-save: ## write $(IMAGE) to dist/ as a .tar.gz, for air-gapped hosts
-	@mkdir -p $(DIST)
-	$(DOCKER) save $(IMAGE) | gzip -1 > $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.tmp
-	mv $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.tmp $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz
-	sha256sum $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz > $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.sha256
+wheelhouse: ## on a connected machine: every wheel + pinned source archive the VENDOR image needs, with SHA256SUMS
+	$(PYTHON) scripts/airgap/wheelhouse.py --vendor $(VENDOR) --output $(DIST)/wheelhouse
 
-load: ## load dist/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz after checking its sha256
-	sha256sum -c $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz.sha256
-	$(DOCKER) load -i $(DIST)/clinical-finetune-kit-$(TAG)-$(VENDOR).tar.gz
+save: ## write $(IMAGE) to dist/ as .tar.gz + .sha256 + .json (image ID, digests, labels), for air-gapped hosts
+	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh save $(IMAGE) $(DIST) $(SAVE_NAME)
+
+load: ## load $(IMAGE) from dist/: checks the sha256, then that the loaded image has the ID recorded by save
+	DOCKER="$(DOCKER)" bash scripts/airgap/image-tarball.sh load $(IMAGE) $(DIST) $(SAVE_NAME)
+
+base-local: ## no registry: make a Debian 12 + Python base from Debian packages (debootstrap) and print its tag
+	@bash scripts/ci/docker-cpu-base.sh
+	@echo "then: make image-cpu CPU_BASE=$${CKIT_CPU_BASE_TAG:-ckit-ci/bookworm-python:3.11} (docs/airgap.md)" >&2
 
 COMPOSE = KIT_VENDOR=$(VENDOR) KIT_TAG=$(TAG) KIT_REGISTRY=$(REGISTRY) $(DOCKER) compose
 ARGS ?=

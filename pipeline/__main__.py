@@ -5,6 +5,7 @@
     python -m pipeline evaluate --model DIR [--adapter DIR [--merge]] --data FILE --output DIR [--limit N]
                                 [--scoring cloze] [--add-bos auto|always|never]
     python -m pipeline compare  RUN_A RUN_B [--output DIR]
+    python -m pipeline reproduce runs/demo/report.json [--output comparison.json]
 
 Mistakes in what the user gave us (recipe keys and types, data rows, an impossible setting for this machine, an
 unusable output folder) exit with status 2 and a short message naming the key, file:line or setting, never a
@@ -86,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_a", metavar="RUN_A", help="evaluation folder (or fine-tune run folder) of model A")
     cmp.add_argument("run_b", metavar="RUN_B", help="evaluation folder (or fine-tune run folder) of model B")
     cmp.add_argument("--output", help="folder for report.md and compare.json (default: compare-<A>-vs-<B>)")
+
+    rp = sub.add_parser("reproduce", help="re-run a report's evaluation; exit 0 if the predictions match, 1 if not")
+    rp.add_argument("report", help="report.json (or its folder) written by finetune or evaluate")
+    rp.add_argument("--output", help="also write the comparison as JSON to this file")
+    rp.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     return parser
 
 
@@ -113,6 +119,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return cmd_finetune(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "reproduce":
+            return cmd_reproduce(args)
         return cmd_evaluate(args)
     except UserError as exc:
         return _fail(str(exc))
@@ -127,6 +135,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     finetune(recipe, resume=args.resume, overwrite=args.overwrite, allow_changes=allow,
              plain=True if args.plain else None)
     return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from kit import atomic
+    from pipeline.reproduce import render, reproduce
+
+    comparison = reproduce(Path(args.report), device=args.device)
+    print(render(comparison))
+    if args.output:
+        atomic.write_text(Path(args.output), json.dumps(comparison.to_dict(), indent=2) + "\n")
+    return 0 if comparison.identical else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -211,10 +230,10 @@ def _adapter_record(args: argparse.Namespace):
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Validate data (every problem as file:line), report rows, contamination and token lengths; write demo data."""
+    from pipeline import lengths, run_lock
     from pipeline.config import load_recipe
     from pipeline.data import DataError, find_overlap, read_questions
     from pipeline.prompts import encode_example
-    from pipeline import lengths, run_lock
     from pipeline.train import data_paths
 
     recipe = load_recipe(args.recipe, args.overrides)

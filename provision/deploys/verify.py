@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from pyinfra import host
@@ -48,9 +50,14 @@ def verify(settings: NodeSettings) -> None:
         def image_missing_or_new_tarball() -> bool:
             return upload.did_change() or host.get_fact(DockerImageId, image=settings.kit_image) is None
 
-        server.shell(
-            name=f"Load {settings.kit_image}", commands=[f"docker load -i {remote}"], _if=image_missing_or_new_tarball
-        )
+        commands = [f"docker load -i {remote}"]
+        recorded_id = _saved_image_id(Path(settings.kit_image_tarball))
+        if recorded_id:
+            # `make save` recorded the image ID beside the tarball: the node must end up with exactly that image.
+            commands.append(f"test \"$(docker image inspect --format '{{{{.Id}}}}' {settings.kit_image})\" = "
+                            f"{recorded_id} || {{ echo '{settings.kit_image} loaded with another ID than "
+                            f"{recorded_id} (make save record)' >&2; exit 1; }}")
+        server.shell(name=f"Load {settings.kit_image}", commands=commands, _if=image_missing_or_new_tarball)
     else:
         docker_image_pulled(name=f"{settings.kit_image} is pulled", image=settings.kit_image)
     kit_checks_pass(
@@ -59,3 +66,14 @@ def verify(settings: NodeSettings) -> None:
         platform=settings.platform,
         checks_command=settings.kit_checks_command,
     )
+
+
+def _saved_image_id(tarball: Path) -> str | None:
+    """The image ID `make save` wrote into NAME.json beside NAME.tar.gz (scripts/airgap/image-tarball.sh), if any."""
+    name = tarball.name.removesuffix(".gz").removesuffix(".tar")
+    record = tarball.with_name(f"{name}.json")
+    if not record.is_file():
+        return None
+    image_id = str(json.loads(record.read_text()).get("id", ""))
+    # Only a well-formed ID goes into the shell command.
+    return image_id if re.fullmatch(r"sha256:[0-9a-f]{64}", image_id) else None

@@ -32,7 +32,9 @@ def test_the_app_stage_exists_once():
         assert "app" not in stages, f"Dockerfile.{vendor} has its own app stage: the app stage is Dockerfile.app"
         assert stages[-1] == "runtime", f"{vendor}: the runtime stage must be last, got {stages}"
     assert "COPY pipeline/ pipeline/" in APP
-    (app,) = from_lines(APP, {})
+    # Besides the app stage, only the empty default of the `wheelhouse` build context (docs/airgap.md).
+    *contexts, app = from_lines(APP, {})
+    assert [(c.stage, c.reference) for c in contexts] == [("wheelhouse", "scratch")]
     assert app.stage == "app" and "RUNTIME_IMAGE" in app.reference
 
 
@@ -64,7 +66,7 @@ def test_every_version_comes_from_stack_env(vendor):
         if item.keyword == "ARG" and item.args.split("=")[0].strip() in STACK:
             assert "=" not in item.args, f"Dockerfile.{vendor} line {item.line}: {item.args} has a default: stack.env has it"
     unknown = {name for name in declared if not name.startswith("ROCM_") and not name.startswith("CUDA_")
-               and not name.startswith("CPU_")} - {"DEBIAN_FRONTEND", "MAX_JOBS"}
+               and not name.startswith("CPU_")} - {"DEBIAN_FRONTEND", "MAX_JOBS", "WHEELHOUSE"}
     assert not unknown, f"Dockerfile.{vendor}: build arguments outside stack.env: {unknown}"
     result = subprocess.run(["make", "-s", "-p", "-n", "help"], cwd=ROOT, capture_output=True, text=True)
     keys = re.search(rf"^{vendor.upper()}_KEYS = (.*)$", result.stdout, re.M).group(1).split()
