@@ -174,3 +174,8 @@ lint: ## ruff on RUFF_PATHS, hadolint the Dockerfiles, validate compose for ever
 
 locks: ## regenerate requirements/image-*.lock from their .in files (needs PyPI)
 	bash scripts/ci/docker-locks.sh
+
+parity: ## lm-eval parity test on all 300 MedQA questions (installs lm-eval 0.4.13 into .lmeval-site first)
+	bash scripts/bootstrap.sh
+	bash scripts/ci/lmeval-env.sh
+	KIT_REQUIRE_LMEVAL=1 KIT_PARITY_QUESTIONS=300 $(PYTHON) -m pytest tests/pipeline/test_lm_eval_parity.py $(ARGS)
