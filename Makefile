@@ -75,7 +75,7 @@ endef
 
 .DEFAULT_GOAL := help
 .PHONY: help env resolve-digests image-rocm image-cuda image-cpu wheels-rocm wheels-cuda push save load finetune \
-	evaluate check shell provision demo test test-fast test-compat lint locks base-local wheelhouse
+	evaluate check shell provision demo test test-fast test-compat lint locks base-local wheelhouse parity
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
