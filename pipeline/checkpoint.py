@@ -76,8 +76,12 @@ def save_checkpoint(
     batcher_state: dict[str, Any],
     history: dict[str, Any],
     keep: int,
+    rng_states: Optional[list[dict[str, Any]]] = None,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints."""
+    """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints.
+
+    ``rng_states``: every rank's RNG state in rank order (a data-parallel run); default: this process's alone.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in output_dir.glob(".tmp-checkpoint-*"):
@@ -86,7 +90,8 @@ def save_checkpoint(
     with atomic.folder(final, prefix=f".tmp-checkpoint-{step}-") as tmp:
         model.save_pretrained(tmp / "adapter")
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng_per_rank": rng_states or [rng_state()]},
             tmp / "training_state.pt",
         )
         (tmp / "state.json").write_text(
@@ -99,8 +104,13 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore adapter weights, optimizer, scheduler and RNG from ``path``; return {"step", "batcher", "history"}."""
+def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    rank: int = 0) -> dict[str, Any]:
+    """Restore adapter weights, optimizer, scheduler and rank ``rank``'s RNG from ``path``.
+
+    Returns {"step", "batcher", "history", "rng_restored"}; ``rng_restored`` is False for a rank the checkpoint
+    holds no RNG state for (resumed on more processes than saved it): the caller seeds that rank itself.
+    """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -117,5 +127,9 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer,
     training = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
-    set_rng_state(training["rng"])
-    return json.loads((path / "state.json").read_text())
+    per_rank = training.get("rng_per_rank") or [training["rng"]]  # "rng": checkpoints from before per-rank state
+    state = json.loads((path / "state.json").read_text())
+    state["rng_restored"] = rank < len(per_rank)
+    if state["rng_restored"]:
+        set_rng_state(per_rank[rank])
+    return state

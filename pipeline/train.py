@@ -8,8 +8,9 @@ Our own loop rather than the HF Trainer: the Trainer's reported loss differs bet
 the same rows (a change in how it normalizes), it cannot apply the output layer only at answer positions (halves
 the cost of a step on a small model), and a loop this size is easier to audit than the Trainer's callbacks.
 Multi-GPU: launch with ``torchrun --nproc-per-node N``; each rank takes ``train.batch_size`` examples per micro-step
-(the seed recipe's "batch 8 per GPU"), gradients are averaged by DDP, and rank 0 alone writes checkpoints, report
-and progress.
+(the seed recipe's "batch 8 per GPU"), gradients are averaged by DDP (or the model is sharded by FSDP,
+``distributed.strategy``), evaluation is sharded over the ranks, and rank 0 alone writes checkpoints, report and
+progress (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from kit import atomic
 from pipeline import checkpoint as ckpt
 from pipeline import report as rep
 from pipeline.config import Recipe, RecipeError
-from pipeline.distributed import Dist, setup_distributed
+from pipeline import fsdp
+from pipeline.distributed import (
+    Dist,
+    evaluate_sharded,
+    rank_rng_states,
+    reseed_new_rank,
+    setup_distributed,
+    shutdown,
+)
 from pipeline.loss import AnswerLoss, mean_answer_loss
 from pipeline.model import (
     AdapterGradientError,
@@ -125,8 +134,11 @@ class FineTuneRun:
         self.recipe, self.resume, self.overwrite, self.plain, self.on_step = recipe, resume, overwrite, plain, on_step
         self.started_at = rep.utc_now()
         self.t_start = time.monotonic()
-        self.dist = setup_distributed()
+        self.dist = setup_distributed(recipe.distributed.timeout_minutes)
+        self.fsdp = self.dist.enabled and recipe.distributed.strategy == "fsdp"
         self.device = choose_device(recipe.train.device)
+        if self.fsdp:
+            fsdp.check_recipe(recipe, self.device)
         if recipe.train.optimizer != "adamw" and self.device.type != "cuda":
             build_optimizer(recipe, [], self.device)  # raises the clear error before minutes of loading
         self.precision = choose_precision(recipe, self.device)
@@ -138,20 +150,24 @@ class FineTuneRun:
         self.history: dict[str, Any] = {"loss": [], "lr": [], "tokens": [], "eval_before": None}
         self.eval_after: Optional[dict] = None
         self.tokens_this_run, self.train_seconds = 0, 0.0
+        self.step_seconds: list[float] = []  # this run's steps, for throughput without the first (warm-up) steps
 
     def run(self) -> dict[str, Any]:
-        self.prepare_output()
-        self.setup_data()
-        self.setup_model()
-        self.setup_optimizer()
-        self.restore_state()
-        self.evaluate_before()
-        self.train()
-        self.save()
-        self.evaluate_after()
-        report = self.build_report()
-        self.write_report(report)
-        return report
+        try:
+            self.prepare_output()
+            self.setup_data()
+            self.setup_model()
+            self.setup_optimizer()
+            self.restore_state()
+            self.evaluate_before()
+            self.train()
+            self.save()
+            self.evaluate_after()
+            report = self.build_report()
+            self.write_report(report)
+            return report
+        finally:
+            shutdown(self.dist)
 
     # ---- setup
 
@@ -233,6 +249,8 @@ class FineTuneRun:
         return missing
 
     def setup_optimizer(self) -> None:
+        # Wrapped before the optimizer is built: FSDP replaces the parameters the optimizer must hold.
+        self.train_module = self._wrap_for_training()
         self.params = [p for _, p in lora_parameters(self.model)]
         self.optimizer = build_optimizer(self.recipe, self.params, self.device)
         self.scheduler = build_scheduler(self.recipe, self.optimizer)
@@ -245,23 +263,25 @@ class FineTuneRun:
         if found is None:
             self.out.log(f"--resume: no complete checkpoint in {self.output_dir}, starting from step 0")
             return
-        state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                     rank=self.dist.rank)
         self.batcher.load_state_dict(state["batcher"])
         self.step, self.history, self.resumed_from = int(state["step"]), state["history"], str(found)
+        if not state["rng_restored"]:  # more ranks than saved the checkpoint
+            reseed_new_rank(self.recipe.train.seed, self.step, self.dist)
         self.out.log(f"resumed from {found} at step {self.step}")
 
     # ---- evaluate, train, save
 
     def evaluate_before(self) -> None:
         wanted = self.data.eval and self.recipe.eval.before_training and self.history.get("eval_before") is None
-        if wanted and self.dist.main:
+        if wanted:
             self.history["eval_before"] = self._evaluate(self.output_dir / "eval-before", "before training")
-        self.dist.barrier()
 
     def train(self) -> None:
         """The loop: optimizer steps until ``train.steps``, logging, checkpointing and calling ``on_step``."""
         recipe, dist, device = self.recipe, self.dist, self.device
-        self.train_module = self._wrap_for_training()
+        self.setup_peak_memory = rep.peak_memory(device)  # loading (FSDP: the whole 4-bit model before sharding)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         progress = Progress(recipe.train.steps, start_step=self.step, log_every=recipe.train.log_every,
@@ -277,6 +297,7 @@ class FineTuneRun:
                 self.step += 1
                 step_loss = dist.mean(step_loss, device)
                 step_tokens = int(dist.sum(step_tokens, device))
+                self.step_seconds.append(round(time.monotonic() - t_step, 4))
                 self.tokens_this_run += step_tokens
                 self.history["loss"].append(round(step_loss, 6))
                 self.history["lr"].append(lr)
@@ -292,6 +313,8 @@ class FineTuneRun:
 
     def _wrap_for_training(self) -> torch.nn.Module:
         train_module: torch.nn.Module = AnswerLoss(self.model)
+        if self.fsdp:
+            return fsdp.wrap(train_module, self.model, self.device, self.recipe.distributed.cpu_offload)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -319,7 +342,9 @@ class FineTuneRun:
                 (loss / recipe.train.grad_accum).backward()
             step_loss += loss.item() / recipe.train.grad_accum
             step_tokens += int(batch["attention_mask"].sum())
-        if recipe.train.max_grad_norm:
+        if recipe.train.max_grad_norm and self.fsdp:
+            fsdp.clip_grad_norm(self.train_module, recipe.train.max_grad_norm)
+        elif recipe.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, recipe.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -328,25 +353,39 @@ class FineTuneRun:
 
     def _checkpoint_if_due(self) -> None:
         every = self.recipe.train.checkpoint_every
-        if every and self.step % every == 0 and self.dist.main:
+        if not every or self.step % every:
+            return
+        rng_states = rank_rng_states(self.dist)  # collective: every rank's RNG goes into rank 0's checkpoint
+        if self.dist.main:
             ckpt.save_checkpoint(self.output_dir, self.step, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler, batcher_state=self.batcher.state_dict(),
-                                 history=self.history, keep=self.recipe.train.keep_checkpoints)
+                                 history=self.history, keep=self.recipe.train.keep_checkpoints,
+                                 rng_states=rng_states)
 
     def save(self) -> None:
-        if self.dist.main:
+        if self.fsdp:
+            fsdp.save_adapter(self.model, self.output_dir / "adapter", self.dist.main)
+        elif self.dist.main:
             _save_adapter(self.model, self.tokenizer, self.output_dir / "adapter")
-
-    def evaluate_after(self) -> None:
-        if self.data.eval and self.dist.main:
-            self.eval_after = self._evaluate(self.output_dir / "eval", "after training")
         self.dist.barrier()
 
-    def _evaluate(self, out_dir: Path, when: str) -> dict:
-        from pipeline.evaluate import evaluate, write_eval
+    def evaluate_after(self) -> None:
+        if self.data.eval:
+            self.eval_after = self._evaluate(self.output_dir / "eval", "after training")
 
+    def _evaluate(self, out_dir: Path, when: str) -> Optional[dict]:
+        """Sharded over all ranks (each scores its share, rank 0 gathers); rank 0 writes and returns the metrics."""
+        from pipeline.evaluate import write_eval
+
+        if self.fsdp:
+            # A sharded model needs every rank in every forward pass; ranks scoring different questions would not
+            # make the same calls. Evaluate the saved adapter afterwards (docs/distributed.md).
+            self.out.log(f"eval {when}: skipped under FSDP; run python -m pipeline evaluate on the saved adapter")
+            return None
         t0 = time.monotonic()
-        result = evaluate(self.model, self.tokenizer, self.data.eval, **self.eval_kwargs)
+        result = evaluate_sharded(self.model, self.tokenizer, self.data.eval, self.dist, **self.eval_kwargs)
+        if result is None:  # not rank 0
+            return None
         write_eval(result, out_dir)
         m = result.metrics
         self.out.log(f"eval {when}: accuracy {m['accuracy']:.3f} on {m.get('count')} questions "
@@ -391,6 +430,8 @@ class FineTuneRun:
             "start_step": self.start_step,
             "resumed_from": self.resumed_from,
             "world_size": self.dist.world_size,
+            "distributed": {**self.dist.facts(), "strategy": self.recipe.distributed.strategy if self.dist.enabled
+                            else None, "timeout_minutes": self.recipe.distributed.timeout_minutes},
             "precision": self.precision,
             "optimizer": t.optimizer,
             "batch_size_per_device": t.batch_size,
@@ -402,7 +443,12 @@ class FineTuneRun:
             "tokens_per_second": round(self.tokens_this_run / seconds, 1) if seconds > 0 else None,
             "tokens_per_second_per_device": (round(self.tokens_this_run / seconds / self.dist.world_size, 1)
                                              if seconds > 0 else None),
+            "step_seconds": self.step_seconds,  # this run's steps (after a resume: the last len() of the lists)
+            "tokens_per_step": self.history["tokens"],
             "peak_memory": rep.peak_memory(self.device),
+            # Collective (build_report runs on every rank): each rank's training peak, and its peak while loading.
+            "peak_memory_per_rank": self.dist.gather_objects(rep.peak_memory(self.device)),
+            "setup_peak_memory_per_rank": self.dist.gather_objects(getattr(self, "setup_peak_memory", None)),
             "final_loss": losses[-1] if losses else None,
             "first_loss": losses[0] if losses else None,
             "mean_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None,
