@@ -117,6 +117,9 @@ class DistributedConfig:
     # fsdp only: keep the parameter shards in CPU memory between uses (slower; for when even the shards do not
     # fit). Gradient checkpointing stays model.gradient_checkpointing.
     cpu_offload: bool = False
+    # fsdp only: False (PEFT's and Answer.AI's FSDP + QLoRA setting) shards flat parameters; True keeps the
+    # original parameter objects visible (views), as torch.compile or per-parameter optimizer options need.
+    use_orig_params: bool = False
 
 
 @dataclass

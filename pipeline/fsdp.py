@@ -9,7 +9,9 @@ PEFT ("FSDP + QLoRA" in the PEFT docs) and Answer.AI's fsdp_qlora describe:
 * one FSDP unit per decoder layer (the model's ``_no_split_modules``), plus one unit per trainable LoRA leaf
   (its fp32 weights cannot share a flat parameter with the frozen bf16 ones); the embeddings, final norm and head
   stay in the root unit;
-* ``use_orig_params=True``: the optimizer and ``lora_parameters`` see the original LoRA parameters (as shards).
+* ``use_orig_params=False`` by default (``distributed.use_orig_params``), as PEFT's and Answer.AI's configurations:
+  every LoRA leaf is its own unit, so its flat parameter's name still holds ``lora_`` and ``lora_parameters`` finds
+  the trainable flat parameters the optimizer must hold.
 
 Torch's ``FullyShardedDataParallel`` directly rather than accelerate's FSDP plugin: the kit has its own loop
 (pipeline/train.py), and the plugin is a thin layer over the same constructor that would add accelerate's
@@ -62,7 +64,8 @@ def _is_trainable_leaf(module: torch.nn.Module) -> bool:
     return not list(module.children()) and isinstance(weight, torch.nn.Parameter) and weight.requires_grad
 
 
-def wrap(module: torch.nn.Module, peft_model: Any, device: torch.device, cpu_offload: bool = False) -> Any:
+def wrap(module: torch.nn.Module, peft_model: Any, device: torch.device, *, cpu_offload: bool = False,
+         use_orig_params: bool = False) -> Any:
     """``module`` (AnswerLoss around ``peft_model``) as an FSDP root with decoder-layer and LoRA-leaf units."""
     import functools
 
@@ -82,7 +85,7 @@ def wrap(module: torch.nn.Module, peft_model: Any, device: torch.device, cpu_off
         sharding_strategy=ShardingStrategy.FULL_SHARD,
         cpu_offload=CPUOffload(offload_params=cpu_offload),
         device_id=device if device.type == "cuda" else None,
-        use_orig_params=True,
+        use_orig_params=use_orig_params,
         limit_all_gathers=True,
     )
 
@@ -112,6 +115,8 @@ def gather_adapter(peft_model: Any) -> dict[str, torch.Tensor]:
             continue
         with FSDP.summon_full_params(unit, recurse=False, writeback=False):
             for pname, param in unit.module.named_parameters():
+                if "_flat_param" in pname:
+                    continue
                 out[f"{name}.{pname}".replace(_WRAPPED, "")] = param.detach().to("cpu", copy=True)
     return out
 

@@ -314,7 +314,9 @@ class FineTuneRun:
     def _wrap_for_training(self) -> torch.nn.Module:
         train_module: torch.nn.Module = AnswerLoss(self.model)
         if self.fsdp:
-            return fsdp.wrap(train_module, self.model, self.device, self.recipe.distributed.cpu_offload)
+            d = self.recipe.distributed
+            return fsdp.wrap(train_module, self.model, self.device, cpu_offload=d.cpu_offload,
+                             use_orig_params=d.use_orig_params)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 

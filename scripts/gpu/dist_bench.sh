@@ -22,15 +22,20 @@ big() { echo "random:llama2-70b:num_hidden_layers=$1"; }
 builder=$!
 CUDA_VISIBLE_DEVICES=0 python3 -c "from pipeline.tiny import build_random_model as b; b('random:llama2-7b')" \
     >"$out/build-7b.log" 2>&1
-CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pipeline finetune "${seven[@]}" train.batch_size=8 train.grad_accum=2 \
+CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pipeline finetune "${seven[@]}" train.batch_size=8 train.grad_accum=2 \
     "train.output_dir=$out/ddp-1gpu" --plain --overwrite >"$out/ddp-1gpu.log" 2>&1
 wait "$builder"
-timeout 150 torchrun --standalone --nproc-per-node 2 -m pipeline finetune "${seven[@]}" train.batch_size=8 \
+fsdp() {  # fsdp NAME LAYERS [override...]
+    local name=$1 layers=$2; shift 2
+    timeout 120 torchrun --standalone --nproc-per-node 2 -m pipeline finetune \
+        --recipe "$root/recipes/medqa-qlora-70b.yaml" "model.name_or_path=$(big "$layers")" "${common[@]}" \
+        train.batch_size=4 train.grad_accum=2 "train.output_dir=$out/$name" --plain --overwrite "$@" \
+        >"$out/$name.log" 2>&1
+}
+fsdp fsdp-70b-L8 8
+# If the default (flat parameters) failed, the other FSDP setting, so one 70B-shaped figure comes back.
+[ -f "$out/fsdp-70b-L8/report.json" ] || fsdp fsdp-70b-L8-orig 8 distributed.use_orig_params=true
+timeout 120 torchrun --standalone --nproc-per-node 2 -m pipeline finetune "${seven[@]}" train.batch_size=8 \
     train.grad_accum=1 "train.output_dir=$out/ddp-2gpu" --plain --overwrite >"$out/ddp-2gpu.log" 2>&1
-for layers in 4 8; do
-    timeout 150 torchrun --standalone --nproc-per-node 2 -m pipeline finetune \
-        --recipe "$root/recipes/medqa-qlora-70b.yaml" "model.name_or_path=$(big $layers)" "${common[@]}" \
-        train.batch_size=4 train.grad_accum=2 "train.output_dir=$out/fsdp-70b-L$layers" --plain --overwrite \
-        >"$out/fsdp-70b-L$layers.log" 2>&1
-done
+fsdp fsdp-70b-L4 4
 python3 "$root/scripts/gpu/dist_table.py" "$out"
