@@ -51,6 +51,20 @@ class Dist:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return float(t.item())
 
+    def token_mean(self, loss_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the mean loss over every rank's answer tokens.
+
+        DDP and FSDP average gradients over ranks; a rank's own mean (``loss_sum / count``) would weight every
+        rank equally however many answer tokens it had (" A" and " B" can encode to different lengths), so N
+        processes would train differently from one with the same global batch. Scaled by ``world_size / all
+        tokens``, the average is the one-process token mean.
+        """
+        if not self.enabled:
+            return loss_sum / count.clamp(min=1)
+        total = count.detach().to(torch.float64).clone()
+        torch.distributed.all_reduce(total)
+        return loss_sum * (self.world_size / total.clamp(min=1)).to(loss_sum.dtype)
+
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
         if not self.enabled:

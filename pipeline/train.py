@@ -265,7 +265,10 @@ class FineTuneRun:
             return
         state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                      rank=self.dist.rank)
-        self.batcher.load_state_dict(state["batcher"])
+        try:
+            self.batcher.load_state_dict(state["batcher"])
+        except ValueError as exc:  # another global batch or data set: the user's settings, not a bug
+            raise RecipeError(f"--resume from {found}: {exc}") from exc
         self.step, self.history, self.resumed_from = int(state["step"]), state["history"], str(found)
         if not state["rng_restored"]:  # more ranks than saved the checkpoint
             reseed_new_rank(self.recipe.train.seed, self.step, self.dist)
@@ -340,7 +343,7 @@ class FineTuneRun:
             with sync:
                 with autocast(self.precision, device):
                     loss_sum, count = self.train_module(**batch)
-                loss = loss_sum / count.clamp(min=1)
+                loss = self.dist.token_mean(loss_sum, count)
                 (loss / recipe.train.grad_accum).backward()
             step_loss += loss.item() / recipe.train.grad_accum
             step_tokens += int(batch["attention_mask"].sum())
