@@ -133,7 +133,7 @@ def evaluate_sharded(model: Any, tokenizer: Any, questions: Sequence[Any], dist:
         return None
     by_index: dict[int, list[float]] = {}
     for indices, rank_scores in gathered:
-        by_index.update(zip(indices, rank_scores))
+        by_index.update(zip(indices, rank_scores, strict=True))
     return _summarize(questions, [by_index[i] for i in range(len(questions))], kwargs["scoring"])
 
 

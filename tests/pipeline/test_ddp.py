@@ -66,7 +66,7 @@ def _assert_same_run(report, out, reference_report, reference_out):
     mine, ref = _adapter(out), _adapter(reference_out)
     assert sorted(mine) == sorted(ref)
     for name in ref:
-        torch.testing.assert_close(mine[name], ref[name], rtol=1e-3, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(mine[name], ref[name], rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_sharded_evaluation_equals_one_process(tiny_model_dir, tiny_model, tiny_
     alone = evaluate(tiny_model, tiny_tokenizer, load_questions(medqa_test_path), scoring="cloze", batch_size=3,
                      limit=10)
     assert [p["predicted"] for p in sharded["predictions"]] == [p["predicted"] for p in alone.predictions]
-    for mine, ref in zip(sharded["predictions"], alone.predictions):
+    for mine, ref in zip(sharded["predictions"], alone.predictions, strict=True):
         assert mine["source"] == ref["source"]
         assert list(mine["scores"].values()) == pytest.approx(list(ref["scores"].values()), abs=1e-4)
     assert sharded["metrics"]["accuracy"] == alone.metrics["accuracy"]
