@@ -129,24 +129,28 @@ def test_resume_with_another_global_batch_is_refused_naming_the_setting(tiny_mod
 
 @pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(tiny_model_dir, tiny_model, tiny_tokenizer, medqa_test_path, tmp_path):
-    """3 ranks (10 questions: shares of 4, 3, 3), gathered on rank 0: the same predictions as one process."""
+    """2 ranks (9 questions: shares of 5 and 4), gathered on rank 0: the same predictions as one process.
+
+    Two ranks, not three: on torch 2.3.1 (the images' stack) three gloo processes on this 2-core machine finished and
+    wrote the result, then hung at interpreter exit after destroy_process_group (not seen on today's torch).
+    """
     from pipeline.data import load_questions
     from pipeline.evaluate import evaluate
 
     out = tmp_path / "sharded.json"
-    cmd = [_torchrun(), "--standalone", "--nproc-per-node", "3", str(Path(__file__)), str(tiny_model_dir),
+    cmd = [_torchrun(), "--standalone", "--nproc-per-node", "2", str(Path(__file__)), str(tiny_model_dir),
            str(medqa_test_path), str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sharded = json.loads(out.read_text())
     alone = evaluate(tiny_model, tiny_tokenizer, load_questions(medqa_test_path), scoring="cloze", batch_size=3,
-                     limit=10)
+                     limit=9)
     assert [p["predicted"] for p in sharded["predictions"]] == [p["predicted"] for p in alone.predictions]
     for mine, ref in zip(sharded["predictions"], alone.predictions, strict=True):
         assert mine["source"] == ref["source"]
         assert list(mine["scores"].values()) == pytest.approx(list(ref["scores"].values()), abs=1e-4)
     assert sharded["metrics"]["accuracy"] == alone.metrics["accuracy"]
-    assert sharded["metrics"]["count"] == 10 and sharded["shares"] == [4, 3, 3]
+    assert sharded["metrics"]["count"] == 9 and sharded["shares"] == [5, 4]
 
 
 def _sharded_eval_worker(model_dir: str, data: str, out: str) -> None:
@@ -160,8 +164,8 @@ def _sharded_eval_worker(model_dir: str, data: str, out: str) -> None:
     dist = setup_distributed(timeout_minutes=5)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
-    result = evaluate_sharded(model, tokenizer, load_questions(data), dist, scoring="cloze", batch_size=3, limit=10)
-    shares = dist.gather_objects(len(shard(10, dist)))
+    result = evaluate_sharded(model, tokenizer, load_questions(data), dist, scoring="cloze", batch_size=3, limit=9)
+    shares = dist.gather_objects(len(shard(9, dist)))
     if dist.main:
         Path(out).write_text(json.dumps({"metrics": result.metrics, "predictions": result.predictions,
                                          "shares": shares}))
