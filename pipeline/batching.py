@@ -116,13 +116,23 @@ class LengthGroupedBatches:
         A changed seed, data size, batch size or world size would silently give other batches than the
         interrupted run, so resuming with one is an error naming the setting.
         """
-        for key in ("seed", "num_examples", "batch_size", "world_size", "group_by_length", "mega_batches"):
+        for key in ("seed", "num_examples", "group_by_length", "mega_batches"):
             mine = self.state_dict()[key]
             if key in state and state[key] != mine:
                 raise ResumeError(
                     f"cannot resume batches: checkpoint has {key}={state[key]!r}, this run has {key}={mine!r}; "
                     "expected the same data and batch settings as the interrupted run"
                 )
+        # The plan depends on the global batch alone, so a run may resume on another number of processes as long
+        # as batch_size * world_size is unchanged (e.g. 2 ranks x 4 -> 1 rank x 8).
+        saved = int(state.get("batch_size", self.batch_size)) * int(state.get("world_size", self.world_size))
+        if saved != self.global_batch:
+            raise ValueError(
+                f"cannot resume batches: checkpoint has global batch {saved} (batch_size {state.get('batch_size')} x "
+                f"world_size {state.get('world_size')}), this run has {self.global_batch} (batch_size "
+                f"{self.batch_size} x world_size {self.world_size}); set train.batch_size so that batch_size x "
+                "number of processes is unchanged"
+            )
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position < self.batches_per_epoch:
             raise ValueError(f"cannot resume batches: position {position} is outside 0..{self.batches_per_epoch - 1}")

@@ -85,10 +85,12 @@ def save_checkpoint(
     history: dict[str, Any],
     keep: int,
     run: Optional[dict[str, Any]] = None,
+    rng_states: Optional[list[dict[str, Any]]] = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints.
 
     ``run`` ({"recipe": ..., "data_files": [...], "changes": [...]}) is stored as ``run.json`` for the resume policy.
+    ``rng_states``: every rank's RNG state in rank order (a data-parallel run); default: this process's alone.
     Stale temporaries are not removed here: only the folder's owner may, once, when it takes the folder
     (``clean_orphans``); a save cannot tell a dead writer's temporary from a live one's.
     """
@@ -100,7 +102,8 @@ def save_checkpoint(
     with atomic.folder(final, prefix=f"{TMP_PREFIX}{step}-", expected_bytes=expected) as tmp:
         model.save_pretrained(tmp / "adapter")
         _save_tensors(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng_per_rank": rng_states or [rng_state()]},
             tmp / "training_state.pt",
         )
         (tmp / "state.json").write_text(
@@ -156,8 +159,13 @@ def clean_orphans(output_dir: Path) -> list[str]:
     return done
 
 
-def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore adapter weights, optimizer, scheduler and RNG from ``path``; return {"step", "batcher", "history"}."""
+def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    rank: int = 0) -> dict[str, Any]:
+    """Restore adapter weights, optimizer, scheduler and rank ``rank``'s RNG from ``path``.
+
+    Returns {"step", "batcher", "history", "rng_restored"}; ``rng_restored`` is False for a rank the checkpoint
+    holds no RNG state for (resumed on more processes than saved it): the caller seeds that rank itself.
+    """
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -174,5 +182,9 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer,
     training = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
-    set_rng_state(training["rng"])
-    return json.loads((path / "state.json").read_text())
+    per_rank = training.get("rng_per_rank") or [training["rng"]]  # "rng": checkpoints from before per-rank state
+    state = json.loads((path / "state.json").read_text())
+    state["rng_restored"] = rank < len(per_rank)
+    if state["rng_restored"]:
+        set_rng_state(per_rank[rank])
+    return state

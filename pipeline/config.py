@@ -135,6 +135,23 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    # ddp: every GPU holds the whole (4-bit) model, gradients of the adapters are averaged (fits 7B/13B).
+    # fsdp: the 4-bit base and the adapters are sharded over the GPUs (pipeline/fsdp.py), for 70B-class models
+    # that do not fit one GPU. Only used under torchrun with more than one process.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    # Process-group timeout: any collective (a barrier included) fails after this instead of hanging. Must exceed
+    # the longest time one rank works alone (rank 0 writing a checkpoint).
+    timeout_minutes: float = 30.0
+    # fsdp only: keep the parameter shards in CPU memory between uses (slower; for when even the shards do not
+    # fit). Gradient checkpointing stays model.gradient_checkpointing.
+    cpu_offload: bool = False
+    # fsdp only: False (PEFT's and Answer.AI's FSDP + QLoRA setting) shards flat parameters; True keeps the
+    # original parameter objects visible (views), as torch.compile or per-parameter optimizer options need.
+    use_orig_params: bool = False
+
+
+@dataclass
 class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
@@ -142,6 +159,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,13 +1,19 @@
-"""Several processes (``torchrun --nproc-per-node N``): who is rank 0, barriers, reductions. A no-op for one.
+"""Several processes (``torchrun``): who is rank 0, barriers, reductions, gathering, shutdown. A no-op for one.
 
-Plain ``torch.distributed`` rather than accelerate: the kit needs four calls (init, barrier, all_reduce, DDP
-wrapping in train.py), and its own loop already places tensors and decides who writes.
+Plain ``torch.distributed`` rather than accelerate: the kit needs a handful of calls (init, barrier, all_reduce,
+all_gather_object, DDP/FSDP wrapping in train.py), and its own loop already places tensors and decides who writes.
+
+The process-group timeout is a recipe setting (``distributed.timeout_minutes``): every collective, barriers
+included, fails after it instead of hanging forever, so it must exceed the longest stretch one rank can spend
+alone (a checkpoint write on rank 0; evaluation is sharded over all ranks, see ``evaluate_sharded``).
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -16,6 +22,8 @@ import torch
 class Dist:
     rank: int = 0
     world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None  # "nccl" (NCCL on CUDA, RCCL on ROCm) or "gloo"; None when one process
     enabled: bool = False
 
     @property
@@ -27,11 +35,7 @@ class Dist:
             torch.distributed.barrier()
 
     def mean(self, value: float, device: torch.device) -> float:
-        if not self.enabled:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
+        return self.sum(value, device) / self.world_size if self.enabled else value
 
     def sum(self, value: float, device: torch.device) -> float:
         if not self.enabled:
@@ -40,15 +44,108 @@ class Dist:
         torch.distributed.all_reduce(t)
         return float(t.item())
 
+    def max(self, value: float, device: torch.device) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
 
-def setup_distributed() -> Dist:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE, LOCAL_RANK), once."""
+    def token_mean(self, loss_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the mean loss over every rank's answer tokens.
+
+        DDP and FSDP average gradients over ranks; a rank's own mean (``loss_sum / count``) would weight every
+        rank equally however many answer tokens it had (" A" and " B" can encode to different lengths), so N
+        processes would train differently from one with the same global batch. Scaled by ``world_size / all
+        tokens``, the average is the one-process token mean.
+        """
+        if not self.enabled:
+            return loss_sum / count.clamp(min=1)
+        total = count.detach().to(torch.float64).clone()
+        torch.distributed.all_reduce(total)
+        return loss_sum * (self.world_size / total.clamp(min=1)).to(loss_sum.dtype)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def facts(self) -> dict[str, Any]:
+        """For the report: how many processes, over which backend, how many nodes."""
+        return {"world_size": self.world_size, "backend": self.backend,
+                "nodes": int(os.environ.get("GROUP_WORLD_SIZE", os.environ.get("SLURM_NNODES", "1")) or 1)
+                if self.enabled else 1}
+
+
+def setup_distributed(timeout_minutes: float = 30.0) -> Dist:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK), once."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend=backend)
-    return Dist(rank=torch.distributed.get_rank(), world_size=world_size, enabled=True)
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group(backend=backend,
+                                             timeout=datetime.timedelta(minutes=timeout_minutes))
+    return Dist(rank=torch.distributed.get_rank(), world_size=world_size, local_rank=local_rank,
+                backend=str(torch.distributed.get_backend()), enabled=True)
+
+
+def shutdown(dist: Dist) -> None:
+    """Leave the process group cleanly (torch warns, and NCCL may hang at exit, when nobody calls this)."""
+    if dist.enabled and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def shard(count: int, dist: Dist) -> list[int]:
+    """Indices ``0..count-1`` this rank takes: every ``world_size``-th one, starting at its rank.
+
+    Strided rather than contiguous: a file sorted by length or topic still gives every rank a similar share.
+    """
+    return list(range(dist.rank, count, dist.world_size))
+
+
+def evaluate_sharded(model: Any, tokenizer: Any, questions: Sequence[Any], dist: Dist, **kwargs: Any) -> Any:
+    """``pipeline.evaluate.evaluate`` over all ranks: each scores its shard, rank 0 gets the whole result.
+
+    Scores are per question (a question's score never depends on its batch neighbours: evaluate's tests), so the
+    gathered scores, put back in file order and summarized once, are exactly one process's result. Ranks other
+    than 0 get None. ``limit`` is applied before sharding, as one process would.
+    """
+    from pipeline.evaluate import _summarize, evaluate
+
+    limit = kwargs.pop("limit", None)
+    questions = list(questions)[:limit] if limit is not None else list(questions)
+    if not dist.enabled:
+        return evaluate(model, tokenizer, questions, **kwargs)
+    mine = shard(len(questions), dist)
+    scores = []
+    if mine:
+        result = evaluate(model, tokenizer, [questions[i] for i in mine], **kwargs)
+        scores = [list(p["scores"].values()) for p in result.predictions]
+    gathered = dist.gather_objects((mine, scores))
+    if not dist.main:
+        return None
+    by_index: dict[int, list[float]] = {}
+    for indices, rank_scores in gathered:
+        by_index.update(zip(indices, rank_scores, strict=True))
+    return _summarize(questions, [by_index[i] for i in range(len(questions))], kwargs["scoring"])
+
+
+def rank_rng_states(dist: Dist) -> list[dict[str, Any]]:
+    """Every rank's RNG state (python, numpy, torch, CUDA), in rank order; collective: all ranks must call it."""
+    from pipeline.checkpoint import rng_state
+
+    return dist.gather_objects(rng_state())
+
+
+def reseed_new_rank(seed: int, step: int, dist: Dist) -> None:
+    """A rank the checkpoint has no RNG state for (resumed on more processes): a distinct, reproducible seed."""
+    from pipeline.optim import seed_everything
+
+    seed_everything(seed + 1_000_003 * (dist.rank + 1) + step)

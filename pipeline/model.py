@@ -236,6 +236,8 @@ def from_pretrained_kwargs(recipe: Recipe, device: torch.device, quant: Quantiza
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=recipe.quantization.double_quant,
             bnb_4bit_compute_dtype=quant.dtype,
+            # FSDP shards only floating-point tensors: store the packed 4-bit bytes as the compute dtype there.
+            bnb_4bit_quant_storage=quant.dtype if recipe.distributed.strategy == "fsdp" else torch.uint8,
         )
         kwargs["device_map"] = {"": device.index if device.type == "cuda" else "cpu"}
     return kwargs
@@ -332,8 +334,8 @@ def load_for_training(
 def _numel(p: torch.Tensor) -> int:
     # bitsandbytes packs two 4-bit weights per uint8 element; count the weights, not the bytes.
     n = p.numel()
-    if p.dtype == torch.uint8 and hasattr(p, "quant_state"):
-        return n * 2
+    if hasattr(p, "quant_state"):  # stored as uint8, or as bf16 for FSDP (bnb_4bit_quant_storage): 4 per element
+        return n * 2 * p.element_size()
     return n
 
 

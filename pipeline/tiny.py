@@ -25,6 +25,15 @@ RANDOM_PRESETS: dict[str, dict[str, Any]] = {
         hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
         num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
     ),
+    # Meta's config.json for Llama-2-13b-hf and Llama-2-70b-hf (70B: grouped-query attention, 8 KV heads).
+    "llama2-13b": dict(
+        hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+        num_key_value_heads=40, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    ),
+    "llama2-70b": dict(
+        hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+        num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096, rms_norm_eps=1e-5,
+    ),
 }
 
 _CORPUS = """

@@ -8,8 +8,9 @@ Our own loop rather than the HF Trainer: the Trainer's reported loss differs bet
 the same rows (a change in how it normalizes), it cannot apply the output layer only at answer positions (halves
 the cost of a step on a small model), and a loop this size is easier to audit than the Trainer's callbacks.
 Multi-GPU: launch with ``torchrun --nproc-per-node N``; each rank takes ``train.batch_size`` examples per micro-step
-(the seed recipe's "batch 8 per GPU"), gradients are averaged by DDP, and rank 0 alone writes checkpoints, report
-and progress.
+(the seed recipe's "batch 8 per GPU"), gradients are averaged by DDP (or the model is sharded by FSDP,
+``distributed.strategy``), evaluation is sharded over the ranks, and rank 0 alone writes checkpoints, report and
+progress (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -26,10 +27,17 @@ import torch
 
 from kit import atomic
 from pipeline import checkpoint as ckpt
-from pipeline import preflight, resume_policy, run_lock
+from pipeline import fsdp, preflight, resume_policy, run_lock
 from pipeline import report as rep
 from pipeline.config import Recipe, RecipeError
-from pipeline.distributed import Dist, setup_distributed
+from pipeline.distributed import (
+    Dist,
+    evaluate_sharded,
+    rank_rng_states,
+    reseed_new_rank,
+    setup_distributed,
+    shutdown,
+)
 from pipeline.loss import AnswerLoss, mean_answer_loss
 from pipeline.model import (
     AdapterGradientError,
@@ -131,8 +139,11 @@ class FineTuneRun:
         self.run_changes: list[dict[str, Any]] = []  # every recipe/data change made on a resume, with its step
         self.started_at = rep.utc_now()
         self.t_start = time.monotonic()
-        self.dist = setup_distributed()
+        self.dist = setup_distributed(recipe.distributed.timeout_minutes)
+        self.fsdp = self.dist.enabled and recipe.distributed.strategy == "fsdp"
         self.device = choose_device(recipe.train.device)
+        if self.fsdp:
+            fsdp.check_recipe(recipe, self.device)
         if recipe.train.optimizer != "adamw" and self.device.type != "cuda":
             build_optimizer(recipe, [], self.device)  # raises the clear error before minutes of loading
         self.precision = choose_precision(recipe, self.device)
@@ -155,14 +166,17 @@ class FineTuneRun:
     def run(self) -> dict[str, Any]:
         """The steps in order, holding the output folder (one owner, pipeline/run_lock.py) for the whole run;
         I/O failures the user can fix (full disk, read-only folder) become OutputErrors."""
-        if self.dist.main:
-            preflight.check_output_dir(self.output_dir)
-        with run_lock.hold(self.output_dir, enabled=self.dist.main) as previous, \
-                preflight.output_errors(self.output_dir):
+        try:
             if self.dist.main:
-                self._clean_after_killed_runs(previous)
-            self.dist.barrier()
-            return self._steps()
+                preflight.check_output_dir(self.output_dir)
+            with run_lock.hold(self.output_dir, enabled=self.dist.main) as previous, \
+                    preflight.output_errors(self.output_dir):
+                if self.dist.main:
+                    self._clean_after_killed_runs(previous)
+                self.dist.barrier()
+                return self._steps()
+        finally:
+            shutdown(self.dist)  # also after an error: no "destroy_process_group() was not called"
 
     def _clean_after_killed_runs(self, previous: Any) -> None:
         notes = [f"the previous run ({run_lock.describe(previous)}) ended without releasing it"] if previous else []
@@ -280,6 +294,8 @@ class FineTuneRun:
         return missing
 
     def setup_optimizer(self) -> None:
+        # Wrapped before the optimizer is built: FSDP replaces the parameters the optimizer must hold.
+        self.train_module = self._wrap_for_training()
         self.params = [p for _, p in lora_parameters(self.model)]
         self.optimizer = build_optimizer(self.recipe, self.params, self.device)
         self.scheduler = build_scheduler(self.recipe, self.optimizer)
@@ -294,9 +310,12 @@ class FineTuneRun:
             return
         # Checked before anything is restored: the refusal must name the setting, not a shape mismatch.
         self.run_changes, changed = _resume_changes(self.recipe, self.data, found, self.allow_changes, self.out)
-        state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler)
+        state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                     rank=self.dist.rank)
         self.batcher.load_state_dict(state["batcher"])
         self.step, self.history, self.resumed_from = int(state["step"]), state["history"], str(found)
+        if not state["rng_restored"]:  # more ranks than saved the checkpoint
+            reseed_new_rank(self.recipe.train.seed, self.step, self.dist)
         if changed & {"train.lr", "train.weight_decay"}:
             resume_policy.apply_to_optimizer(self.optimizer, self.scheduler, self.recipe.train.lr,
                                              self.recipe.train.weight_decay)
@@ -318,14 +337,13 @@ class FineTuneRun:
 
     def evaluate_before(self) -> None:
         wanted = self.data.eval and self.recipe.eval.before_training and self.history.get("eval_before") is None
-        if wanted and self.dist.main:
+        if wanted:
             self.history["eval_before"] = self._evaluate(self.output_dir / "eval-before", "before training")
-        self.dist.barrier()
 
     def train(self) -> None:
         """The loop: optimizer steps until ``train.steps``, logging, checkpointing and calling ``on_step``."""
         recipe, dist, device = self.recipe, self.dist, self.device
-        self.train_module = self._wrap_for_training()
+        self.setup_peak_memory = rep.peak_memory(device)  # loading (FSDP: the whole 4-bit model before sharding)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         progress = Progress(recipe.train.steps, start_step=self.step, log_every=recipe.train.log_every,
@@ -360,6 +378,10 @@ class FineTuneRun:
         from pipeline.step import AnswerPositionLoss
 
         train_module: torch.nn.Module = AnswerPositionLoss(self.model) if self.fast else AnswerLoss(self.model)
+        if self.fsdp:
+            d = self.recipe.distributed
+            return fsdp.wrap(train_module, self.model, self.device, cpu_offload=d.cpu_offload,
+                             use_orig_params=d.use_orig_params)
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -374,7 +396,9 @@ class FineTuneRun:
             step_loss, step_tokens = self._fast_micro_steps()
         else:
             step_loss, step_tokens = self._micro_steps()
-        if recipe.train.max_grad_norm:
+        if recipe.train.max_grad_norm and self.fsdp:
+            fsdp.clip_grad_norm(self.train_module, recipe.train.max_grad_norm)
+        elif recipe.train.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, recipe.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -411,7 +435,8 @@ class FineTuneRun:
             with sync:
                 with autocast(self.precision, device):
                     loss_sum, count = self.train_module(**batch)
-                loss = loss_sum / count.clamp(min=1)
+                # Over all ranks' answer tokens: N processes train as one with the same global batch.
+                loss = self.dist.token_mean(loss_sum, count)
                 (loss / recipe.train.grad_accum).backward()
             # Accumulated on the device and counted on the host: no GPU sync per micro-step.
             step_loss = step_loss + loss.detach() / recipe.train.grad_accum
@@ -420,27 +445,43 @@ class FineTuneRun:
 
     def _checkpoint_if_due(self) -> None:
         every = self.recipe.train.checkpoint_every
-        if every and self.step % every == 0 and self.dist.main:
+        if not every or self.step % every:
+            return
+        rng_states = rank_rng_states(self.dist)  # collective: every rank's RNG goes into rank 0's checkpoint
+        if self.dist.main:
             ckpt.save_checkpoint(self.output_dir, self.step, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler, batcher_state=self.batcher.state_dict(),
                                  history=self.history, keep=self.recipe.train.keep_checkpoints,
-                                 run=resume_policy.run_info(self.recipe.to_dict(), self.data.facts, self.run_changes))
+                                 run=resume_policy.run_info(self.recipe.to_dict(), self.data.facts, self.run_changes),
+                                 rng_states=rng_states)
 
     def save(self) -> None:
-        if self.dist.main:
-            _save_adapter(self.model, self.tokenizer, self.output_dir / "adapter",
-                          build_record(self.recipe, self.info))
-
-    def evaluate_after(self) -> None:
-        if self.data.eval and self.dist.main:
-            self.eval_after = self._evaluate(self.output_dir / "eval", "after training")
+        record = build_record(self.recipe, self.info)
+        if self.fsdp:
+            fsdp.save_adapter(self.model, self.output_dir / "adapter", self.dist.main)
+            if self.dist.main:
+                write_record(self.output_dir / "adapter", record)
+        elif self.dist.main:
+            _save_adapter(self.model, self.tokenizer, self.output_dir / "adapter", record)
         self.dist.barrier()
 
-    def _evaluate(self, out_dir: Path, when: str) -> dict:
-        from pipeline.evaluate import evaluate, write_eval
+    def evaluate_after(self) -> None:
+        if self.data.eval:
+            self.eval_after = self._evaluate(self.output_dir / "eval", "after training")
 
+    def _evaluate(self, out_dir: Path, when: str) -> Optional[dict]:
+        """Sharded over all ranks (each scores its share, rank 0 gathers); rank 0 writes and returns the metrics."""
+        from pipeline.evaluate import write_eval
+
+        if self.fsdp:
+            # A sharded model needs every rank in every forward pass; ranks scoring different questions would not
+            # make the same calls. Evaluate the saved adapter afterwards (docs/distributed.md).
+            self.out.log(f"eval {when}: skipped under FSDP; run python -m pipeline evaluate on the saved adapter")
+            return None
         t0 = time.monotonic()
-        result = evaluate(self.model, self.tokenizer, self.data.eval, **self.eval_kwargs)
+        result = evaluate_sharded(self.model, self.tokenizer, self.data.eval, self.dist, **self.eval_kwargs)
+        if result is None:  # not rank 0
+            return None
         write_eval(result, out_dir)
         m = result.metrics
         self.out.log(f"eval {when}: accuracy {m['accuracy']:.3f} on {m.get('count')} questions "
@@ -487,6 +528,8 @@ class FineTuneRun:
             # What --resume changed against the checkpoints' recipe/data, and from which step (resume_policy).
             "changes_on_resume": self.run_changes,
             "world_size": self.dist.world_size,
+            "distributed": {**self.dist.facts(), "strategy": self.recipe.distributed.strategy if self.dist.enabled
+                            else None, "timeout_minutes": self.recipe.distributed.timeout_minutes},
             "precision": self.precision,
             "optimizer": t.optimizer,
             "batch_size_per_device": t.batch_size,
@@ -501,6 +544,9 @@ class FineTuneRun:
             "tokens_per_second_per_device": (round(self.tokens_this_run / seconds / self.dist.world_size, 1)
                                              if seconds > 0 else None),
             "peak_memory": rep.peak_memory(self.device),
+            # Collective (build_report runs on every rank): each rank's training peak, and its peak while loading.
+            "peak_memory_per_rank": self.dist.gather_objects(rep.peak_memory(self.device)),
+            "setup_peak_memory_per_rank": self.dist.gather_objects(getattr(self, "setup_peak_memory", None)),
             "final_loss": losses[-1] if losses else None,
             "first_loss": losses[0] if losses else None,
             "mean_loss_last_10": round(sum(losses[-10:]) / len(losses[-10:]), 6) if losses else None,
@@ -508,6 +554,7 @@ class FineTuneRun:
             "lrs": self.history["lr"],
             # Per-step tokens (all ranks) and seconds, for the throughput curve and the TensorBoard log.
             "step_tokens": self.history["tokens"],
+            "tokens_per_step": self.history["tokens"],  # the name scripts/gpu/dist_table.py and the DDP tests read
             "step_seconds": self.history.get("seconds", []),
         }
 

@@ -80,12 +80,38 @@ def test_resume_from_state_dict_gives_exactly_the_uninterrupted_batches(stop):
     assert take(resumed, 40) == uninterrupted[stop:]
 
 
-@pytest.mark.parametrize("key,value", [("seed", 6), ("batch_size", 4), ("num_examples", 10), ("world_size", 4)])
+@pytest.mark.parametrize("key,value", [("seed", 6), ("num_examples", 10)])
 def test_resume_refuses_a_state_from_other_settings(key, value):
     state = LengthGroupedBatches(LENGTHS, 8, seed=5, world_size=2).state_dict()
     state[key] = value
     with pytest.raises(ValueError, match=f"checkpoint has {key}={value}, this run has {key}="):
         LengthGroupedBatches(LENGTHS, 8, seed=5, world_size=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("key,value", [("batch_size", 4), ("world_size", 4)])
+def test_resume_refuses_another_global_batch(key, value):
+    state = LengthGroupedBatches(LENGTHS, 8, seed=5, world_size=2).state_dict()
+    state[key] = value
+    with pytest.raises(ValueError, match="checkpoint has global batch .* this run has 16"):
+        LengthGroupedBatches(LENGTHS, 8, seed=5, world_size=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("saved_world,resumed_world", [(2, 1), (1, 2), (2, 4)])
+def test_resume_on_another_number_of_ranks_with_the_same_global_batch(saved_world, resumed_world):
+    """Same global batch (16): the ranks of the resumed run together take exactly the batches not yet served."""
+    saved = [LengthGroupedBatches(LENGTHS, 16 // saved_world, seed=5, rank=r, world_size=saved_world)
+             for r in range(saved_world)]
+    for batcher in saved:
+        take(batcher, 7)
+    reference = LengthGroupedBatches(LENGTHS, 16, seed=5)
+    take(reference, 7)
+    expected = take(reference, 5)
+    resumed = [LengthGroupedBatches(LENGTHS, 16 // resumed_world, seed=5, rank=r, world_size=resumed_world)
+               for r in range(resumed_world)]
+    for batcher in resumed:
+        batcher.load_state_dict(json.loads(json.dumps(saved[0].state_dict())))
+    got = [sum((next(b) for b in resumed), []) for _ in range(5)]
+    assert got == expected
 
 
 def test_ranks_get_disjoint_equal_batches_covering_the_epoch():

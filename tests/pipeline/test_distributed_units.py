@@ -1,0 +1,100 @@
+"""Single-process pieces of the several-GPU support: per-rank RNG in checkpoints, sharding, FSDP refusals."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from pipeline import checkpoint as ckpt
+from pipeline.config import RecipeError, load_recipe
+from pipeline.distributed import Dist, shard
+from pipeline.errors import UnsupportedError
+
+
+class _Adapter:
+    """Stands in for the peft model: save_pretrained writes an empty adapter that set_peft_model_state_dict takes."""
+
+    def save_pretrained(self, folder):
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({}, str(folder / "adapter_model.safetensors"))
+
+
+def _state_after(seed: int) -> dict:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return ckpt.rng_state()
+
+
+def _save(tmp_path, rng_states):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.ConstantLR(opt)
+    path = ckpt.save_checkpoint(tmp_path, 3, model=_Adapter(), optimizer=opt, scheduler=sched, batcher_state={},
+                                history={}, keep=1, rng_states=rng_states)
+    return path, opt, sched
+
+
+def test_each_rank_gets_its_own_rng_state_back(tmp_path, monkeypatch):
+    import peft
+
+    monkeypatch.setattr(peft, "set_peft_model_state_dict", lambda model, sd: None)
+    states = [_state_after(1), _state_after(2)]
+    path, opt, sched = _save(tmp_path, states)
+    for rank, seed in ((0, 1), (1, 2)):
+        _state_after(99)
+        loaded = ckpt.load_checkpoint(path, model=None, optimizer=opt, scheduler=sched, rank=rank)
+        assert loaded["rng_restored"] is True
+        expected_next = (_state_after(seed), random.random(), torch.rand(1))[1:]
+        ckpt.load_checkpoint(path, model=None, optimizer=opt, scheduler=sched, rank=rank)
+        assert (random.random(), torch.rand(1)) == (expected_next[0], expected_next[1])
+    # A third rank (resumed on more processes than saved the checkpoint) is told to seed itself.
+    assert ckpt.load_checkpoint(path, model=None, optimizer=opt, scheduler=sched, rank=2)["rng_restored"] is False
+
+
+@pytest.mark.parametrize("count,world", [(10, 3), (2, 4), (0, 2), (7, 1)])
+def test_shards_cover_every_index_once(count, world):
+    shares = [shard(count, Dist(rank=r, world_size=world, enabled=world > 1)) for r in range(world)]
+    assert sorted(i for s in shares for i in s) == list(range(count))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_distributed_section_is_typed_and_defaults_to_ddp():
+    recipe = load_recipe(None, ["distributed.timeout_minutes=90", "distributed.strategy=fsdp"])
+    assert recipe.distributed.timeout_minutes == 90.0 and recipe.distributed.strategy == "fsdp"
+    assert load_recipe(None).distributed.strategy == "ddp"
+    with pytest.raises(RecipeError, match="distributed.strategy"):
+        load_recipe(None, ["distributed.strategy=deepspeed"])
+
+
+def test_the_70b_recipe_loads_and_asks_for_fsdp():
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "medqa-qlora-70b.yaml")
+    assert recipe.distributed.strategy == "fsdp" and recipe.quantization.mode == "nf4"
+    assert recipe.train.checkpoint_every == 0 and recipe.model.gradient_checkpointing
+
+
+def test_fsdp_refuses_cpu_and_checkpoints_naming_the_setting():
+    from pipeline import fsdp
+
+    recipe = load_recipe(None, ["distributed.strategy=fsdp", "train.checkpoint_every=0"])
+    with pytest.raises(UnsupportedError, match="torch's FSDP needs GPUs"):
+        fsdp.check_recipe(recipe, torch.device("cpu"))
+    recipe = load_recipe(None, ["distributed.strategy=fsdp", "train.checkpoint_every=100"])
+    with pytest.raises(RecipeError, match="train.checkpoint_every is 100"):
+        fsdp.check_recipe(recipe, torch.device("cuda", 0))
+
+
+def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
+    pytest.importorskip("bitsandbytes")
+    from pipeline.model import Quantization, from_pretrained_kwargs
+
+    quant = Quantization(True, torch.bfloat16, "nf4", "test")
+    fsdp_recipe = load_recipe(None, ["distributed.strategy=fsdp"])
+    kwargs = from_pretrained_kwargs(fsdp_recipe, torch.device("cuda", 0), quant, "sdpa")
+    assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+    kwargs = from_pretrained_kwargs(load_recipe(None), torch.device("cuda", 0), quant, "sdpa")
+    assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.uint8
