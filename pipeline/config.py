@@ -142,7 +142,7 @@ class DistributedConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # Process-group timeout: any collective (a barrier included) fails after this instead of hanging. Must exceed
     # the longest time one rank works alone (rank 0 writing a checkpoint).
-    timeout_minutes: float = 30.0
+    timeout_minutes: float = ranged(30.0, 0.0, low_open=True)
     # fsdp only: keep the parameter shards in CPU memory between uses (slower; for when even the shards do not
     # fit). Gradient checkpointing stays model.gradient_checkpointing.
     cpu_offload: bool = False

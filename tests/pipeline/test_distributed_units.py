@@ -22,6 +22,9 @@ class _Adapter:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({}, str(folder / "adapter_model.safetensors"))
 
+    def parameters(self):  # no trainable weights: the checkpoint's size estimate is zero
+        return iter(())
+
 
 def _state_after(seed: int) -> dict:
     random.seed(seed)
