@@ -32,8 +32,8 @@ class DigestError(RuntimeError):
 
 def inspect_with(docker: str) -> Callable[[str], str]:
     def inspect(ref: str) -> str:
-        result = subprocess.run([docker, "buildx", "imagetools", "inspect", ref, "--format", "{{json .Manifest.Digest}}"],
-                                capture_output=True, text=True)
+        command = [docker, "buildx", "imagetools", "inspect", ref, "--format", "{{json .Manifest.Digest}}"]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise DigestError(f"{ref}: docker buildx imagetools inspect failed: {result.stderr.strip()[-400:]}")
         return json.loads(result.stdout.strip() or '""')
@@ -61,7 +61,8 @@ def resolve(text: str, inspect: Callable[[str], str], source: str = "stack.env")
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stack_file", nargs="?", type=Path, default=Path(__file__).resolve().parent.parent / "stack.env")
+    default_stack = Path(__file__).resolve().parent.parent / "stack.env"
+    parser.add_argument("stack_file", nargs="?", type=Path, default=default_stack)
     parser.add_argument("--docker", default="docker", help="the docker CLI (with the buildx plugin)")
     args = parser.parse_args(argv)
     try:

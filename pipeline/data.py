@@ -100,7 +100,8 @@ def read_questions(path: str | Path) -> LoadedFile:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise DataError([f"{where}: cannot read the file ({exc.strerror or exc}), expected a readable JSONL file"])
+        problem = f"{where}: cannot read the file ({exc.strerror or exc}), expected a readable JSONL file"
+        raise DataError([problem]) from exc
     digest = hashlib.sha256(raw).hexdigest()
     whole_file_problem = _whole_file_problem(raw, where)
     if whole_file_problem:
@@ -266,7 +267,7 @@ def _parse_swag(row: dict[str, Any], loc: str) -> tuple[Question | None, list[st
         got = ", ".join(f"ending{n}" for n in numbers)
         problems.append(f"{loc}: fields {got}, expected consecutive ending0..ending{len(numbers) - 1}")
     endings = [row[f"ending{n}"] for n in numbers]
-    for n, text in zip(numbers, endings):
+    for n, text in zip(numbers, endings, strict=False):
         if not isinstance(text, str) or not text.strip():
             problems.append(f"{loc}: 'ending{n}' is {_describe(text)}, expected non-empty option text")
     label = row.get("label")

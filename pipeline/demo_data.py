@@ -127,7 +127,7 @@ class _Builder:
             texts = distractors[:position] + [answer] + distractors[position:]
             if tuple(texts) not in avoid:
                 break
-        options = dict(zip(LETTERS, texts))
+        options = dict(zip(LETTERS, texts, strict=False))
         return {
             "question": question,
             "answer": answer,

@@ -109,7 +109,7 @@ def evaluate(
                     if batch_scores is None:  # this model's cache cannot be gathered: score plainly
                         _score_full(model, items, chunk, batch_size, pad_id, scores)
                     else:
-                        for i, s in zip(chunk, batch_scores):
+                        for i, s in zip(chunk, batch_scores, strict=False):
                             scores[i] = s
     finally:
         model.train(was_training)
@@ -256,7 +256,7 @@ def _score_full(
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         targets = torch.zeros((len(chunk), width), dtype=torch.long)
         scored = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for r, ((i, c), seq) in enumerate(zip(chunk, seqs)):
+        for r, ((i, _c), seq) in enumerate(zip(chunk, seqs, strict=False)):
             ids[r, : len(seq) - 1] = torch.tensor(seq[:-1])
             mask[r, : len(seq) - 1] = 1
             targets[r, : len(seq) - 1] = torch.tensor(seq[1:])
@@ -280,7 +280,7 @@ def _argmax(values: list[float]) -> int:
 
 def _summarize(questions: list[Question], scores: list[list[float]], scoring: Scoring) -> EvalResult:
     predictions = []
-    for index, (q, s) in enumerate(zip(questions, scores)):
+    for index, (q, s) in enumerate(zip(questions, scores, strict=False)):
         letters = list(q.options)
         pred = _argmax(s)
         entry: dict[str, Any] = {
@@ -290,10 +290,10 @@ def _summarize(questions: list[Question], scores: list[list[float]], scoring: Sc
             "gold": q.answer_idx,
             "predicted": letters[pred],
             "correct": pred == q.gold,
-            "scores": {letter: value for letter, value in zip(letters, s)},
+            "scores": {letter: value for letter, value in zip(letters, s, strict=False)},
         }
         if scoring == "cloze":
-            normed = [value / len(text) for value, text in zip(s, q.options.values())]
+            normed = [value / len(text) for value, text in zip(s, q.options.values(), strict=False)]
             entry["predicted_norm"] = letters[_argmax(normed)]
             entry["correct_norm"] = entry["predicted_norm"] == q.answer_idx
         predictions.append(entry)

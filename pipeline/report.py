@@ -183,7 +183,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     if train:
         lines += [
-            f"- Parameters: {model.get('total_params', 0):,} total, {model.get('trainable_params', 0):,} trainable (LoRA)",
+            f"- Parameters: {model.get('total_params', 0):,} total, "
+            f"{model.get('trainable_params', 0):,} trainable (LoRA)",
             f"- Quantization path: **{model.get('quantization_path')}** — {model.get('quantization_reason')}",
             f"- Attention: **{model.get('attention')}** — {model.get('attention_reason')}",
             f"- Gradient checkpointing: {model.get('gradient_checkpointing')}; precision {train.get('precision')}",

@@ -147,8 +147,8 @@ def apply_to_optimizer(optimizer: Any, scheduler: Any, lr: float, weight_decay: 
     lambdas = getattr(scheduler, "lr_lambdas", None)
     if lambdas is None:  # pragma: no cover - get_scheduler returns LambdaLR for every schedule we offer
         raise TypeError(f"cannot re-base {type(scheduler).__name__}")
-    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas)]
-    for group, rate in zip(optimizer.param_groups, rates):
+    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas, strict=False)]
+    for group, rate in zip(optimizer.param_groups, rates, strict=False):
         group["lr"] = rate
     scheduler._last_lr = rates  # what get_last_lr() returns; the loop logs the lr of the next step from it
 

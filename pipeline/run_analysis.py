@@ -93,7 +93,7 @@ def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], name_a: str, name_b
          "predicted_a": pa["predicted"], "predicted_b": pb["predicted"],
          "change": "fixed" if pb["correct"] and not pa["correct"] else "broken" if pa["correct"] and not pb["correct"]
          else "other wrong letter"}
-        for key, pa, pb in zip(matched.keys, matched.a, matched.b) if pa["predicted"] != pb["predicted"]
+        for key, pa, pb in zip(matched.keys, matched.a, matched.b, strict=False) if pa["predicted"] != pb["predicted"]
     ]
     return {
         "a": name_a, "b": name_b, "count": table.count,

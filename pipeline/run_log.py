@@ -82,7 +82,7 @@ def tokens_per_second(training: dict[str, Any]) -> dict[int, float]:
     n = min(len(tokens), len(seconds))
     last = int(training.get("steps") or len(tokens))
     return {last - n + i + 1: t / max(s, 1e-9) for i, (t, s) in enumerate(zip(tokens[-n:] if n else [],
-                                                                              seconds[-n:] if n else []))}
+                                                                              seconds[-n:] if n else [], strict=False))}
 
 
 def read_scalars(path: Path) -> dict[str, list[tuple[int, float]]]:

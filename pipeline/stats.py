@@ -78,7 +78,7 @@ class PairedTable:
     def from_outcomes(cls, correct_a: Sequence[bool], correct_b: Sequence[bool]) -> PairedTable:
         if len(correct_a) != len(correct_b):
             raise ValueError(f"paired outcomes differ in length: {len(correct_a)} and {len(correct_b)}")
-        tally = Counter(zip(map(bool, correct_a), map(bool, correct_b)))
+        tally = Counter(zip(map(bool, correct_a), map(bool, correct_b), strict=False))
         return cls(tally[True, True], tally[True, False], tally[False, True], tally[False, False])
 
 
@@ -175,7 +175,7 @@ def calibration(confidences: Sequence[float], correct: Sequence[bool], bins: int
 def by_group(groups: Iterable[Hashable], correct: Iterable[bool]) -> dict[Hashable, Proportion]:
     """Accuracy with its Wilson interval per group label, groups in sorted order (by their text)."""
     tally: dict[Hashable, list[int]] = defaultdict(lambda: [0, 0])
-    for group, ok in zip(groups, correct):
+    for group, ok in zip(groups, correct, strict=False):
         tally[group][0] += bool(ok)
         tally[group][1] += 1
     return {g: proportion(*tally[g]) for g in sorted(tally, key=str)}
@@ -209,7 +209,7 @@ def confusion(gold: Sequence[str], predicted: Sequence[str]) -> Confusion:
         raise ValueError("confusion of no predictions")
     letters = sorted(set(gold) | set(predicted))
     counts = {g: {p: 0 for p in letters} for g in letters}
-    for g, p in zip(gold, predicted):
+    for g, p in zip(gold, predicted, strict=False):
         counts[g][p] += 1
     return Confusion(letters, counts)
 

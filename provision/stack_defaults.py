@@ -22,6 +22,8 @@ def stack_value(key: str, data_key: str, stack_file: Path | None = None) -> str:
     """stack.env's `key`, the default of host data `data_key`; a missing file or key is an error naming both."""
     path = stack_file or STACK_FILE
     try:
+        if not Path(path).is_file():  # kit.stack's own message does not name the host data key it feeds
+            raise FileNotFoundError(path)
         values = read_stack(path)
     except FileNotFoundError:
         raise ProvisionDataError(

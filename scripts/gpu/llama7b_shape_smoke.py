@@ -53,7 +53,7 @@ def write_long_questions(path: Path, rows: int, seq_len: int, seed: int = 0) -> 
     lines = []
     for i in range(rows):
         rng.shuffle(sentences)
-        options = dict(zip("ABCD", rng.sample(_OPTIONS, 4)))
+        options = dict(zip("ABCD", rng.sample(_OPTIONS, 4), strict=False))
         letter = "ABCD"[i % 4]
         question = f"Case {i}: " + " ".join(sentences) + " Which drug is most appropriate?"
         lines.append(json.dumps({"question": question, "options": options, "answer_idx": letter,

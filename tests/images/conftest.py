@@ -8,6 +8,7 @@ import pytest
 
 from .engine import compose_available
 
+
 @pytest.fixture(scope="session")
 def docker_client():
     """A docker SDK client for a reachable engine, or skip (the reason says how to start one)."""

@@ -15,7 +15,6 @@ from .dockerfiles import (
     ROOT,
     STACK,
     from_lines,
-    global_args,
     instructions,
     unpinned_bases,
 )

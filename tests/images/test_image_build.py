@@ -218,14 +218,17 @@ def test_pipeline_change_rebuilds_only_the_app_code_layers(built, cpu_base, secr
     # Every step below the app stage, and the app's dependency layers, came from the cache (FROM lines are
     # reported as loaded, not cached: they build nothing) ...
     for stage, text, cached in found.values():
-        if not cached and not text.startswith("FROM ") and not (stage == "app" and "COPY pipeline/" in text):
+        # The manifest step records the revision (kit/manifest.py), so it runs again for every commit, by design.
+        expected = stage == "app" and ("COPY pipeline/" in text or "kit.manifest" in text)
+        if not cached and not text.startswith("FROM ") and not expected:
             pytest.fail(f"rebuilt although only pipeline/ changed: [{stage}] {text}")
     cached_steps = [(stage, text) for stage, text, cached in found.values() if cached]
     assert any(stage == "torch" and "pip install" in text for stage, text in cached_steps), cached_steps
     assert any(stage == "app" and "--require-hashes" in text for stage, text in cached_steps), cached_steps
     # ... and the pipeline's own layer was rebuilt.
-    assert rebuilt and all(stage == "app" and "COPY pipeline/" in text
+    assert rebuilt and all(stage == "app" and ("COPY pipeline/" in text or "kit.manifest" in text)
                            for stage, text in rebuilt if not text.startswith("FROM ")), rebuilt
+    assert any("COPY pipeline/" in text for _, text in rebuilt), rebuilt
     touched = docker_client.images.get(TOUCHED)
     assert touched.id != docker_client.images.get(IMAGE).id
     assert touched.labels["org.opencontainers.image.revision"] == "ci-test-next-commit"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .engine import compose_available
 from .dockerfiles import APP_DOCKERFILE, DOCKERFILES, ROOT
+from .engine import compose_available
 
 
 def hadolint() -> str:
@@ -57,8 +57,14 @@ def test_compose_config_for_every_vendor(vendor):
     # No project network at all: compose creates none, and the jobs get no network interface but loopback.
     assert "networks" not in config and all("networks" not in s for s in config["services"].values())
     services = config["services"]
-    assert set(services) == {"finetune", "evaluate", "check", "shell"}
+    assert set(services) == {"finetune", "evaluate", "check", "shell", "finetune-node"}
+    # One torchrun rank group per node (docs/distributed.md): the rendezvous and NCCL/RCCL need the node's own
+    # network, so that one service, and only it, uses the host network; everything else has none.
+    assert services["finetune-node"]["network_mode"] == "host"
     for name, service in services.items():
+        if name == "finetune-node":
+            assert service["environment"]["HF_HUB_OFFLINE"] == "1" and service["ipc"] == "host"
+            continue
         assert service["image"].endswith(f"-{vendor}"), (name, service["image"])
         assert service["ipc"] == "host"
         assert service["ulimits"] == {"memlock": -1, "stack": 64 * 1024 * 1024}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
+
 from .recipe_helpers import write_questions
 
 ROOT = Path(__file__).resolve().parents[2]

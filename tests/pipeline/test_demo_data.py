@@ -77,8 +77,8 @@ def test_answer_letters_are_balanced(demo_data_paths):
 def test_same_seed_same_files_other_seed_other_files(tmp_path, demo_data_paths):
     again = write_demo_data(tmp_path / "again", seed=0)
     other = write_demo_data(tmp_path / "other", seed=1)
-    for a, b in zip(demo_data_paths, again):
+    for a, b in zip(demo_data_paths, again, strict=False):
         assert a.read_bytes() == b.read_bytes()
-    for a, b in zip(demo_data_paths, other):
+    for a, b in zip(demo_data_paths, other, strict=False):
         assert a.read_bytes() != b.read_bytes()
     assert again[0].name == "train.jsonl" and again[1].name == "test.jsonl"

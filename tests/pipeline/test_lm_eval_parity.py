@@ -116,7 +116,7 @@ def test_predictions_identical_to_lm_eval(parity, family, add_bos, scoring):
     ours = _ours(parity, family, add_bos, scoring)
     assert len(ours) == len(theirs["loglikelihoods"]) == QUESTIONS
     differ = []
-    for index, (mine, lls) in enumerate(zip(ours, theirs["loglikelihoods"])):
+    for index, (mine, lls) in enumerate(zip(ours, theirs["loglikelihoods"], strict=False)):
         scores = list(mine["scores"].values())
         assert scores == pytest.approx(lls, abs=TOLERANCE), f"question {index}: log-likelihoods differ"
         if "ABCD"[_argmax(lls)] != mine["predicted"] or float(mine["correct"]) != theirs["acc"][index]:
@@ -133,5 +133,5 @@ def test_a_bos_lm_eval_does_not_add_is_caught(parity):
     # parity test holds to 1e-4.
     theirs = parity["results"]["gpt2:auto/letter"]["loglikelihoods"]
     ours = _ours(parity, "gpt2", "always", "letter")
-    caught = sum(list(mine["scores"].values()) != pytest.approx(lls, abs=TOLERANCE) for mine, lls in zip(ours, theirs))
+    caught = sum(list(mine["scores"].values()) != pytest.approx(lls, abs=TOLERANCE) for mine, lls in zip(ours, theirs, strict=False))
     assert caught > QUESTIONS * 0.9, f"a BOS changed the log-likelihoods of only {caught} of {QUESTIONS} questions"

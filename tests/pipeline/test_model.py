@@ -21,6 +21,7 @@ from pipeline.model import (
     resolve_model,
 )
 from pipeline.train import finetune, mean_answer_loss
+
 from .recipe_helpers import tiny_recipe
 
 CPU = torch.device("cpu")

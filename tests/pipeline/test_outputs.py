@@ -21,6 +21,7 @@ from pipeline import checkpoint as ckpt
 from pipeline import preflight, run_lock
 from pipeline.__main__ import main, parse_args
 from pipeline.errors import OutputError, UserError
+
 from .recipe_helpers import write_questions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -51,7 +51,7 @@ def test_only_answer_tokens_and_eos_are_labelled(tiny_tokenizer, target, expecte
     example = encode_example(tiny_tokenizer, Q4, target, max_length=512)
     ids, labels = example["input_ids"], example["labels"]
     assert len(ids) == len(labels)
-    labelled = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+    labelled = [i for i, label in zip(ids, labels, strict=False) if label != IGNORE_INDEX]
     assert tiny_tokenizer.decode(labelled) == expected
     # Labels equal inputs where set (the model shifts them itself), and form one block at the end.
     first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
@@ -83,7 +83,7 @@ def test_long_prompt_is_truncated_from_the_start_keeping_bos_and_answer(tiny_tok
     assert cut["input_ids"][0] == tiny_tokenizer.bos_token_id
     assert cut["input_ids"][1:] == full["input_ids"][-19:]  # the end of the prompt ("...Answer:") and the answer
     assert cut["labels"][-6:] == full["labels"][-6:]
-    assert tiny_tokenizer.decode([i for i, l in zip(cut["input_ids"], cut["labels"]) if l != IGNORE_INDEX]) == (
+    assert tiny_tokenizer.decode([i for i, l in zip(cut["input_ids"], cut["labels"], strict=False) if l != IGNORE_INDEX]) == (
         " ACE inhibitor</s>"
     )
 

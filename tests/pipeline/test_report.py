@@ -9,6 +9,7 @@ import torch
 
 from pipeline.report import redact
 from pipeline.train import finetune
+
 from .recipe_helpers import tiny_recipe
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from pipeline import checkpoint as ckpt
 from pipeline.train import finetune
+
 from .recipe_helpers import tiny_recipe
 
 STEPS = ["train.steps=7", "train.checkpoint_every=2", "train.keep_checkpoints=2"]

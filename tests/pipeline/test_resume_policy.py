@@ -15,6 +15,7 @@ import pytest
 from pipeline import checkpoint as ckpt
 from pipeline.errors import RecipeError, ResumeError
 from pipeline.train import finetune
+
 from .recipe_helpers import tiny_recipe, write_questions
 
 ROOT = Path(__file__).resolve().parents[2]

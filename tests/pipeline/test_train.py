@@ -9,6 +9,7 @@ import torch
 from pipeline import train as train_mod
 from pipeline.model import UnsupportedError, load_for_training, lora_parameters
 from pipeline.train import AnswerLoss, finetune
+
 from .recipe_helpers import tiny_recipe, write_questions
 
 
