@@ -36,7 +36,7 @@ NEVER_KEYS = (
 _WHY_NEVER = {
     "lora.r": "the saved adapter matrices have the old rank",
     "lora.target_modules": "the saved adapter covers the old modules",
-    "train.batch_size": "the saved batch order is for the old batch size",
+    "train.batch_size": "the saved batch order is for the old global batch, train.batch_size x processes",
     "train.seed": "the saved batch order and random states come from the old seed",
     "train.optimizer": "the saved optimizer state belongs to the old optimizer",
     "data.group_by_length": "the saved batch order depends on it",
@@ -67,17 +67,25 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_info(recipe: dict[str, Any], data_files: dict[str, dict[str, Any]],
-             changes: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
-    """What a checkpoint records about its run (``run.json``): recipe, data facts by role, changes so far."""
-    return {"recipe": recipe, "data_files": data_files, "changes": list(changes or [])}
+             changes: Optional[list[dict[str, Any]]] = None, world_size: int = 1) -> dict[str, Any]:
+    """What a checkpoint records about its run (``run.json``): recipe, data facts by role, changes so far, and the
+    number of processes (the global batch is ``train.batch_size`` x ``world_size``)."""
+    return {"recipe": recipe, "data_files": data_files, "changes": list(changes or []), "world_size": world_size}
 
 
 def compare(stored: dict[str, Any], recipe: dict[str, Any], data_files: dict[str, dict[str, Any]], *,
-            step: int, allowed: Iterable[str] = ()) -> list[Change]:
-    """Every difference between a checkpoint's ``run.json`` and this run, classified against ``allowed``."""
+            step: int, allowed: Iterable[str] = (), world_size: int = 1) -> list[Change]:
+    """Every difference between a checkpoint's ``run.json`` and this run, classified against ``allowed``.
+
+    ``train.batch_size`` is per process: resuming on another number of processes with the same global batch
+    (docs/distributed.md) is no change; the batch order is checked against the global batch by the batcher.
+    """
     allowed = set(allowed)
     before = flatten(stored.get("recipe", {}))
     now = flatten(recipe)
+    if "train.batch_size" in before and "train.batch_size" in now:
+        before["train.batch_size"] = before["train.batch_size"] * int(stored.get("world_size") or 1)
+        now["train.batch_size"] = now["train.batch_size"] * world_size
     # Data files are compared by content below; their paths may move freely.
     for key in ("data.train", "data.eval"):
         before.pop(key, None)

@@ -309,7 +309,8 @@ class FineTuneRun:
             self.out.log(f"--resume: no complete checkpoint in {self.output_dir}, starting from step 0")
             return
         # Checked before anything is restored: the refusal must name the setting, not a shape mismatch.
-        self.run_changes, changed = _resume_changes(self.recipe, self.data, found, self.allow_changes, self.out)
+        self.run_changes, changed = _resume_changes(self.recipe, self.data, found, self.allow_changes, self.out,
+                                                    self.dist.world_size)
         state = ckpt.load_checkpoint(found, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                      rank=self.dist.rank)
         self.batcher.load_state_dict(state["batcher"])
@@ -452,7 +453,8 @@ class FineTuneRun:
             ckpt.save_checkpoint(self.output_dir, self.step, model=self.model, optimizer=self.optimizer,
                                  scheduler=self.scheduler, batcher_state=self.batcher.state_dict(),
                                  history=self.history, keep=self.recipe.train.keep_checkpoints,
-                                 run=resume_policy.run_info(self.recipe.to_dict(), self.data.facts, self.run_changes),
+                                 run=resume_policy.run_info(self.recipe.to_dict(), self.data.facts, self.run_changes,
+                                                            world_size=self.dist.world_size),
                                  rng_states=rng_states)
 
     def save(self) -> None:
@@ -635,7 +637,7 @@ def _save_adapter(model: Any, tokenizer: Any, dest: Path, record: dict[str, Any]
 
 
 def _resume_changes(recipe: Recipe, data: Data, found: Path, allow_changes: tuple[str, ...],
-                    out: Progress) -> tuple[list[dict[str, Any]], set[str]]:
+                    out: Progress, world_size: int = 1) -> tuple[list[dict[str, Any]], set[str]]:
     """Refuse optimization changes against the checkpoint unless allowed; return (all changes so far as
     records, the keys changed now)."""
     resume_policy.check_allowed_keys(allow_changes, recipe.to_dict())
@@ -644,7 +646,8 @@ def _resume_changes(recipe: Recipe, data: Data, found: Path, allow_changes: tupl
         out.log(f"warning: {found} predates stored recipes; cannot check this resume's settings against it")
         return [], set()
     step = int(ckpt.read_state(found)["step"])
-    changes = resume_policy.compare(stored, recipe.to_dict(), data.facts, step=step, allowed=allow_changes)
+    changes = resume_policy.compare(stored, recipe.to_dict(), data.facts, step=step, allowed=allow_changes,
+                                    world_size=world_size)
     resume_policy.enforce(changes, str(found))
     for change in changes:
         out.log(f"resume: {change.describe()} ({change.kind}, from step {step})")
