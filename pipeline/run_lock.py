@@ -85,5 +85,8 @@ def hold(output_dir: Path, *, enabled: bool = True) -> Iterator[Optional[dict[st
             # Emptied, not deleted: deleting would let a third run lock a fresh inode while a second waits on
             # the old one. An empty file means "ended cleanly"; details left behind mean the holder died.
             os.ftruncate(fd, 0)
+            # Unlocked explicitly, not only by close: a child forked during the run (seen on the torch 2.3 stack)
+            # shares this open file description, and the lock would live as long as that child does.
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)  # closing the last descriptor releases the flock
+        os.close(fd)
