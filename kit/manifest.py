@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from kit import atomic
+from kit.digest import sha256_file
 
 DEFAULT_PATH = Path("/opt/kit/manifest.json")
 SCHEMA = 1
@@ -42,14 +43,6 @@ def base_digests(stack: Mapping[str, str]) -> dict[str, Optional[str]]:
     """Every *_BASE key -> its pinned digest (None: a tag only, e.g. a locally made base; not reproducible)."""
     return {key: (value.split("@", 1)[1] if "@" in value else None)
             for key, value in stack.items() if key.endswith("_BASE")}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def installed_distributions() -> dict[str, str]:

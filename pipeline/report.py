@@ -9,7 +9,6 @@ replaces the value of any secret-looking environment variable (tokens, passwords
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Any, Optional
 import torch
 
 from kit import atomic
+from kit.digest import sha256_file  # noqa: F401  (pipeline.report.sha256_file, as before)
 from kit.manifest import image_facts
 
 # Device-selection variables worth recording (they change which GPU ran); nothing else from the environment.
@@ -32,14 +32,6 @@ _ENV_ALLOWLIST = (
 )
 _SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
 _LIBRARIES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "flash-attn", "tokenizers", "safetensors")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_file_facts(path: Path, rows: int) -> dict[str, Any]:

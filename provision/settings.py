@@ -216,15 +216,21 @@ def _rocm(d: HostDataReader, codename: str) -> dict[str, Any]:
 
 
 def _rocm_version(d: HostDataReader) -> str:
-    chosen = d.get("rocm_version")
-    version = str(chosen) if chosen is not None else stack_value("ROCM_VERSION", "rocm_version")
-    if version not in ROCM_RELEASES:
-        source = "" if chosen is not None else " (ROCM_VERSION in stack.env)"
+    return _pinned(d, "rocm_version", "ROCM_VERSION", ROCM_RELEASES,
+                   "has no pins; set rocm_version to", "add the release")
+
+
+def _pinned(d: HostDataReader, data_key: str, stack_key: str, known: Any, problem: str, remedy: str) -> str:
+    """The host data's value of ``data_key``, else stack.env's ``stack_key``; it must be one of ``known``."""
+    chosen = d.get(data_key)
+    value = str(chosen) if chosen is not None else stack_value(stack_key, data_key)
+    if value not in known:
+        source = "" if chosen is not None else f" ({stack_key} in stack.env)"
         raise ProvisionDataError(
-            f"host {d.host_name}: rocm_version {version!r}{source} has no pins; set rocm_version to one of "
-            f"{', '.join(ROCM_RELEASES)} in {d.where()}, or add the release to provision/pins.py"
+            f"host {d.host_name}: {data_key} {value!r}{source} {problem} one of "
+            f"{', '.join(known)} in {d.where()}, or {remedy} to provision/pins.py"
         )
-    return version
+    return value
 
 
 def _nvidia(d: HostDataReader) -> dict[str, Any]:
@@ -253,15 +259,8 @@ def _nvidia(d: HostDataReader) -> dict[str, Any]:
 
 
 def _nvidia_branch(d: HostDataReader) -> str:
-    chosen = d.get("nvidia_driver_branch")
-    branch = str(chosen) if chosen is not None else stack_value("NVIDIA_DRIVER_BRANCH", "nvidia_driver_branch")
-    if branch not in NVIDIA_DRIVER_BRANCHES:
-        source = "" if chosen is not None else " (NVIDIA_DRIVER_BRANCH in stack.env)"
-        raise ProvisionDataError(
-            f"host {d.host_name}: nvidia_driver_branch {branch!r}{source} is not supported; set it to one of "
-            f"{', '.join(NVIDIA_DRIVER_BRANCHES)} in {d.where()}, or add the branch to provision/pins.py"
-        )
-    return branch
+    return _pinned(d, "nvidia_driver_branch", "NVIDIA_DRIVER_BRANCH", NVIDIA_DRIVER_BRANCHES,
+                   "is not supported; set it to", "add the branch")
 
 
 def _tuning(d: HostDataReader, platform: str, kernel: str, facts: dict[str, str]) -> Tuning:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -35,6 +34,7 @@ from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from kit.digest import sha256_file  # noqa: E402
 from kit.stack import read_stack  # noqa: E402  (the script runs from a checkout, not an installed package)
 
 # The images' Python, by vendor: Debian 12 (CPU) has 3.11, Ubuntu 22.04 (ROCm/CUDA runtime bases) 3.10.
@@ -53,14 +53,6 @@ def locks_for(vendor: str, requirements: Path) -> list[Path]:
     if vendor != "cpu":
         names.append("image-build.lock")
     return [requirements / name for name in names]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def download_lock(lock: Path, dest: Path, python_version: str, index_url: Optional[str]) -> None:
