@@ -85,3 +85,26 @@ def returned_cache(out: Any) -> tuple[str, Any] | None:
         if value is not None:
             return name, value
     return None
+
+
+# torch 2.8 released the GIL in the process group's destructor (pytorch/pytorch#154976); before it, the destructor
+# joins the Gloo worker threads while holding the GIL.
+_PG_DESTRUCTOR_HOLDS_GIL_BEFORE = (2, 8)
+
+
+def let_collective_threads_finish(torch_version: str) -> None:
+    """Before ``destroy_process_group`` on torch < 2.8: let the backend's worker threads finish with the GIL free.
+
+    On torch 2.3/2.4 (the images) the process group's destructor joins its worker threads while holding the GIL,
+    and a worker that is still freeing a finished collective's tensors (``all_gather_object``'s, for example) needs
+    the GIL to drop their Python objects: both wait forever. Seen on the CPU (gloo) with two ranks after a
+    sharded evaluation: the result written, then a hang at exit in ``~ProcessGroupGloo``. Every collective the
+    kit makes is synchronous, so those frees are already due; sleeping releases the GIL long enough for them.
+    Delete when the images run torch >= 2.8.
+    """
+    import re
+    import time
+
+    found = re.match(r"(\d+)\.(\d+)", torch_version)
+    if found is None or (int(found[1]), int(found[2])) < _PG_DESTRUCTOR_HOLDS_GIL_BEFORE:
+        time.sleep(0.5)

@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from pipeline.compat import let_collective_threads_finish
+
 
 @dataclass
 class Dist:
@@ -99,6 +101,7 @@ def setup_distributed(timeout_minutes: float = 30.0) -> Dist:
 def shutdown(dist: Dist) -> None:
     """Leave the process group cleanly (torch warns, and NCCL may hang at exit, when nobody calls this)."""
     if dist.enabled and torch.distributed.is_initialized():
+        let_collective_threads_finish(torch.__version__)
         torch.distributed.destroy_process_group()
 
 

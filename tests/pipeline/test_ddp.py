@@ -133,8 +133,8 @@ def test_resume_with_another_global_batch_is_refused_naming_the_setting(tiny_mod
 def test_sharded_evaluation_equals_one_process(tiny_model_dir, tiny_model, tiny_tokenizer, medqa_test_path, tmp_path):
     """2 ranks (9 questions: shares of 5 and 4), gathered on rank 0: the same predictions as one process.
 
-    Two ranks, not three: on torch 2.3.1 (the images' stack) three gloo processes on this 2-core machine finished and
-    wrote the result, then hung at interpreter exit after destroy_process_group (not seen on today's torch).
+    On torch 2.3.1 (the images' stack) this hung after writing the result: the process group's destructor held the
+    GIL while a gloo thread needed it (pipeline.compat.let_collective_threads_finish, called by shutdown, is the fix).
     """
     from pipeline.data import load_questions
     from pipeline.evaluate import evaluate

@@ -101,3 +101,17 @@ def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
     assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
     kwargs = from_pretrained_kwargs(load_recipe(None), torch.device("cuda", 0), quant, "sdpa")
     assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+
+
+@pytest.mark.parametrize("version,sleeps", [("2.3.1+cu121", True), ("2.4.1+rocm6.1", True), ("2.7.1", True),
+                                            ("2.8.0", False), ("2.11.0a0+git1234", False), ("3.0.0", False)])
+def test_shutdown_waits_for_collective_threads_only_where_torch_needs_it(monkeypatch, version, sleeps):
+    """torch < 2.8 destroys a process group holding the GIL (the hang seen on torch 2.3): give its threads time."""
+    import time
+
+    from pipeline.compat import let_collective_threads_finish
+
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    let_collective_threads_finish(version)
+    assert bool(slept) is sleeps
