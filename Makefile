@@ -81,8 +81,8 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELHOUSE WHEELS TORCH_WHEELS CA_BUNDLE BUILD_FLAGS MAX_JOBS, and any stack.env key"
 
-env: ## write or update .env for compose (your UID/GID, video/render GIDs, KIT_VENDOR/KIT_TAG); your own lines stay
-	@bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
+env: ## write or update .env for compose (UID/GID, video/render GIDs, KIT_VENDOR/KIT_TAG, image ID); your lines stay
+	@DOCKER="$(DOCKER)" bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
 
 resolve-digests: ## resolve every *_BASE tag in stack.env to its registry digest (needs a registry), rewrite stack.env
 	python3 docker/resolve_digests.py --docker "$(DOCKER)" stack.env

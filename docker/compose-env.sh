@@ -5,6 +5,10 @@
 # own KIT_DATA_DIR, comments, ...) is kept as it was, and the file is replaced atomically.
 # The render group's GID differs between hosts (104, 109, 110 seen), so it is read from this host's group
 # database rather than written into compose.yaml. The invoking user's UID/GID make the outputs theirs.
+# KIT_IMAGE_ID: the ID of the image the services run (`docker image inspect`, with $DOCKER, default docker), which
+# compose passes into the container for the run reports (a container cannot see its own image ID); empty when
+# the image is not in the engine yet. The make run targets rewrite it before every run; after building or loading
+# an image yourself, run `make env` again before a plain `docker compose run`, or the reports name the old image.
 set -euo pipefail
 if [[ "${1:-}" == "--update" ]]; then
     target="${2:?--update needs the .env path}"
@@ -33,6 +37,9 @@ echo "KIT_VENDOR=$vendor"
 echo "KIT_TAG=$tag"
 echo "KIT_REGISTRY=$registry"
 echo "KIT_UID=$(id -u)"
+# The same name as docker/compose/<vendor>.yaml's `image:`.
+image="${registry}clinical-finetune-kit:${tag}-${vendor}"
+echo "KIT_IMAGE_ID=$("${DOCKER:-docker}" image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
 echo "KIT_GID=$(id -g)"
 video="$(gid_of video || true)"
 render="$(gid_of render || true)"

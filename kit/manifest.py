@@ -90,7 +90,8 @@ def image_facts(environ: Optional[Mapping[str, str]] = None) -> Optional[dict[st
     except json.JSONDecodeError as exc:
         manifest = {"error": f"{path}: not valid JSON ({exc})"}
     return {"manifest_path": str(path), "manifest_sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "image_id": environ.get("KIT_IMAGE_ID"), "manifest": manifest}
+            # compose passes an empty KIT_IMAGE_ID when the image was not in the engine at `make env`: unknown.
+            "image_id": environ.get("KIT_IMAGE_ID") or None, "manifest": manifest}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

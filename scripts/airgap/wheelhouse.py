@@ -5,15 +5,19 @@
 Into OUTPUT:
   wheels/    every wheel of the vendor's locks (requirements/image-<vendor>*.lock, image-demo.lock, and
              image-build.lock for the GPU images), fetched by `pip download --require-hashes`: pip refuses any file
-             whose sha256 is not the lock's, so the folder holds exactly what the lock names.
+             whose sha256 is not the lock's, so the folder holds exactly what the lock names. ROCm also gets torch
+             and pytorch-triton-rocm at stack.env's exact versions from ROCM_TORCH_INDEX_URL (no lock hash exists
+             for them: requirements/image-rocm-torch.in says why; SHA256SUMS records what was fetched).
   sources/   the source archives the GPU builds compile: FlashAttention and bitsandbytes at the commits pinned in
              stack.env (ROCm: a shallow fetch of that one commit with its submodules, packed as a deterministic
              tar.gz: sorted names, zero times and owners, so the same commit always gives the same sha256), and the
-             CUDA FlashAttention sdist checked against CUDA_FLASH_ATTN_SHA256.
+             CUDA FlashAttention sdist checked against CUDA_FLASH_ATTN_SHA256. Named as source_files() says: the
+             GPU Dockerfiles read those names (tests/images/test_wheelhouse_build.py holds them to it).
   SHA256SUMS every file above (`sha256sum -c SHA256SUMS` on the air-gapped side), and wheelhouse.json: the vendors,
              Python versions, the locks' sha256 and each source's repo, ref and sha256.
-The image builds take OUTPUT as a build context and install with `pip --no-index` (make image-VENDOR
-WHEELHOUSE=dist/wheelhouse; docs/airgap.md). Writes go to OUTPUT.tmp, renamed into place at the end.
+The image builds take OUTPUT as a build context, install with `pip --no-index` and unpack sources/ with
+docker/wheelhouse-source.sh (make image-VENDOR WHEELHOUSE=dist/wheelhouse; docs/airgap.md).
+Writes go to OUTPUT.tmp, renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -55,19 +59,34 @@ def locks_for(vendor: str, requirements: Path) -> list[Path]:
     return [requirements / name for name in names]
 
 
-def download_lock(lock: Path, dest: Path, python_version: str, index_url: Optional[str]) -> None:
-    """Every file of one lock for the image's platform and Python, hash-checked by pip."""
+def _pip_download(args: list[str], dest: Path, python_version: str, what: str) -> None:
+    """``pip download`` of binary wheels for the image's platform and Python into ``dest``."""
     abi = "cp" + python_version.replace(".", "")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes", "--dest", str(dest),
-           "--only-binary=:all:", "--python-version", python_version, "--implementation", "cp", "--abi", abi,
-           "-r", str(lock)]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest),
+           "--only-binary=:all:", "--python-version", python_version, "--implementation", "cp", "--abi", abi]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
-    if index_url:
-        cmd += ["--extra-index-url", index_url]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = subprocess.run(cmd + args, capture_output=True, text=True)
     if result.returncode:
-        raise WheelhouseError(f"pip download -r {lock} failed:\n{result.stderr.strip()[-2000:]}")
+        raise WheelhouseError(f"pip download {what} failed:\n{result.stderr.strip()[-2000:]}")
+
+
+def download_lock(lock: Path, dest: Path, python_version: str, index_url: Optional[str]) -> None:
+    """Every file of one lock for the image's platform and Python, hash-checked by pip."""
+    args = ["--require-hashes", "-r", str(lock)] + (["--extra-index-url", index_url] if index_url else [])
+    _pip_download(args, dest, python_version, f"-r {lock}")
+
+
+def exact_pins(vendor: str, stack: dict[str, str]) -> list[str]:
+    """Wheels a vendor's image installs by exact version from its own index, outside any lock (ROCm's torch)."""
+    if vendor == "rocm":
+        return [f"torch=={stack['ROCM_TORCH_VERSION']}", f"pytorch-triton-rocm=={stack['ROCM_TRITON_VERSION']}"]
+    return []
+
+
+def download_exact(pins: list[str], dest: Path, python_version: str, index_url: str) -> None:
+    """``pins`` from ``index_url`` only (a local version such as +rocm6.1 exists nowhere else)."""
+    _pip_download(["--index-url", index_url, *pins], dest, python_version, f"{' '.join(pins)} from {index_url}")
 
 
 def _git(*args: str, cwd: Path) -> str:
@@ -95,6 +114,26 @@ def deterministic_tar_gz(tree: Path, dest: Path, prefix: str) -> None:
         gz.write(buffer.getvalue())
 
 
+def git_archive_name(name: str, commit: str) -> str:
+    """sources/ file of one commit; the archive's top folder is this name without .tar.gz."""
+    return f"{name}-{commit}.tar.gz"
+
+
+def url_file_name(url: str) -> str:
+    """sources/ file of a download: the URL's last part (an sdist's top folder is that name without .tar.gz)."""
+    return url.rsplit("/", 1)[-1]
+
+
+def source_files(vendor: str, stack: dict[str, str]) -> list[str]:
+    """The sources/ names sources_for() writes for this stack (refs in stack.env are full commits)."""
+    if vendor == "rocm":
+        return [git_archive_name("flash-attention", stack["ROCM_FLASH_ATTN_REF"]),
+                git_archive_name("bitsandbytes", stack["ROCM_BNB_REF"])]
+    if vendor == "cuda":
+        return [url_file_name(stack["CUDA_FLASH_ATTN_URL"])]
+    return []
+
+
 def archive_git_ref(repo: str, ref: str, dest_dir: Path, name: str) -> dict[str, Any]:
     """One commit (and its submodules, recursively) of ``repo`` as ``dest_dir/<name>-<ref>.tar.gz``."""
     with tempfile.TemporaryDirectory(prefix="wheelhouse-git-") as tmp:
@@ -109,13 +148,13 @@ def archive_git_ref(repo: str, ref: str, dest_dir: Path, name: str) -> dict[str,
         # file:// submodules (the tests' stand-in for GitHub) need this git >= 2.38 default relaxed.
         _git("-c", "protocol.file.allow=always", "submodule", "update", "--quiet", "--init", "--recursive",
              "--depth", "1", cwd=tree)
-        dest = dest_dir / f"{name}-{head}.tar.gz"
-        deterministic_tar_gz(tree, dest, f"{name}-{head}")
+        dest = dest_dir / git_archive_name(name, head)
+        deterministic_tar_gz(tree, dest, dest.name.removesuffix(".tar.gz"))
     return {"repo": repo, "ref": ref, "commit": head, "file": f"sources/{dest.name}", "sha256": sha256_file(dest)}
 
 
 def download_checked(url: str, sha256: str, dest_dir: Path) -> dict[str, Any]:
-    dest = dest_dir / url.rsplit("/", 1)[-1]
+    dest = dest_dir / url_file_name(url)
     with urllib.request.urlopen(url, timeout=120) as response, open(dest, "wb") as out:
         shutil.copyfileobj(response, out)
     actual = sha256_file(dest)
@@ -154,6 +193,8 @@ def build(vendors: list[str], output: Path, stack: dict[str, str], requirements:
         for lock in locks:
             index = stack.get(f"{vendor.upper()}_TORCH_INDEX_URL") if lock.name.endswith("-torch.lock") else None
             download_lock(lock, tmp / "wheels", py, index)
+        if with_locks and exact_pins(vendor, stack):
+            download_exact(exact_pins(vendor, stack), tmp / "wheels", py, stack[f"{vendor.upper()}_TORCH_INDEX_URL"])
         record["vendors"][vendor] = {"python": py, "locks": {lock.name: sha256_file(lock) for lock in locks},
                                      "sources": sources_for(vendor, stack, tmp / "sources")}
     write_sums(tmp)

@@ -49,6 +49,8 @@ def test_image_facts_read_the_manifest_and_image_id(tmp_path):
     facts = manifest.image_facts({"KIT_IMAGE_MANIFEST": str(path), "KIT_IMAGE_ID": "sha256:feed"})
     assert facts["manifest"]["vendor"] == "rocm" and facts["image_id"] == "sha256:feed"
     assert facts["manifest_sha256"] == manifest.sha256_file(path)
+    # compose passes KIT_IMAGE_ID empty when it did not know the ID: recorded as unknown, not as "".
+    assert manifest.image_facts({"KIT_IMAGE_MANIFEST": str(path), "KIT_IMAGE_ID": ""})["image_id"] is None
 
 
 def test_run_report_carries_the_image_manifest(tmp_path, monkeypatch):

@@ -58,6 +58,9 @@ def test_source_archive_is_the_pinned_commit_with_submodules_and_deterministic(f
     first = wheelhouse.archive_git_ref(up.as_uri(), pinned, out1, "flash-attention")
     second = wheelhouse.archive_git_ref(up.as_uri(), pinned, out2, "flash-attention")
     assert first["commit"] == pinned and first["sha256"] == second["sha256"]
+    # The name the ROCm Dockerfile reads for this commit (tests/images/test_wheelhouse_build.py).
+    assert first["file"] == "sources/" + wheelhouse.source_files("rocm", {"ROCM_FLASH_ATTN_REF": pinned,
+                                                                          "ROCM_BNB_REF": pinned})[0]
     import tarfile
 
     with tarfile.open(out1 / f"flash-attention-{pinned}.tar.gz") as tar:
@@ -102,3 +105,21 @@ def test_pip_download_of_a_lock_is_hash_checked(tmp_path):
     assert len(wheels) == 1
     lock = (ROOT / "requirements" / "image-demo.lock").read_text()
     assert wheelhouse.sha256_file(wheels[0]) in lock
+
+
+def test_rocm_torch_and_triton_come_from_the_pytorch_index_by_exact_version(tmp_path, monkeypatch):
+    # They are in no lock (requirements/image-rocm-torch.in says why), yet Dockerfile.rocm installs them with
+    # --no-index from the wheelhouse: the wheelhouse must fetch them, from that index only.
+    calls = []
+    monkeypatch.setattr(wheelhouse.subprocess, "run",
+                        lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0, "", ""))
+    stack = {"ROCM_TORCH_VERSION": "2.4.1+rocm6.1", "ROCM_TRITON_VERSION": "3.0.0",
+             "ROCM_TORCH_INDEX_URL": "https://download.pytorch.org/whl/rocm6.1"}
+    pins = wheelhouse.exact_pins("rocm", stack)
+    assert pins == ["torch==2.4.1+rocm6.1", "pytorch-triton-rocm==3.0.0"]
+    assert wheelhouse.exact_pins("cuda", stack) == wheelhouse.exact_pins("cpu", stack) == []
+    wheelhouse.download_exact(pins, tmp_path, "3.10", stack["ROCM_TORCH_INDEX_URL"])
+    (cmd,) = calls
+    assert cmd[cmd.index("--index-url") + 1] == stack["ROCM_TORCH_INDEX_URL"] and "--extra-index-url" not in cmd
+    assert cmd[-2:] == pins and "--no-deps" in cmd and "--only-binary=:all:" in cmd
+    assert cmd[cmd.index("--python-version") + 1] == "3.10" and cmd[cmd.index("--abi") + 1] == "cp310"

@@ -113,10 +113,18 @@ def memlock_limit() -> int:
     return -1 if hard == resource.RLIM_INFINITY else hard
 
 
+def image_id_for_compose() -> str:
+    """KIT_IMAGE_ID as `make env` computes it (docker/compose-env.sh) for the image the jobs run."""
+    result = run(["bash", "docker/compose-env.sh", "cpu", TAG, ""], timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return dict(line.split("=", 1) for line in result.stdout.splitlines())["KIT_IMAGE_ID"]
+
+
 def compose(args: list[str], folders: dict[str, Path], uid: int, gid: int, timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "KIT_VENDOR": "cpu", "KIT_TAG": TAG, "KIT_REGISTRY": "", "KIT_UID": str(uid),
            "KIT_GID": str(gid), "KIT_DATA_DIR": str(folders["data"]), "KIT_CACHE_HOST_DIR": str(folders["cache"]),
-           "KIT_OUTPUT_DIR": str(folders["runs"]), "KIT_CI_MEMLOCK": str(memlock_limit())}
+           "KIT_OUTPUT_DIR": str(folders["runs"]), "KIT_CI_MEMLOCK": str(memlock_limit()),
+           "KIT_IMAGE_ID": image_id_for_compose()}
     base = ["docker", "compose", "-f", "compose.yaml", "-f", "compose.ci.yaml", "run", "--rm", "-T"]
     return run(base + args, timeout=timeout, cwd=ROOT, env=env)
 
@@ -154,6 +162,9 @@ def test_compose_finetune_then_evaluate_on_the_embedded_default(built, folders):
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_config.json").is_file(), sorted(p.name for p in run_dir.iterdir())
     assert adapter.stat().st_uid == JOB_UID, "outputs must belong to the invoking user"
+    # The report names the image it ran in: compose passed the ID that compose-env.sh read from the engine.
+    image = json.loads((run_dir / "report.json").read_text())["environment"]["image"]
+    assert image["image_id"] == built["image"].id and image["manifest"]["vendor"] == "cpu"
     evaluate = compose(["evaluate", "--model", "smollm2-135m-instruct", "--adapter", "runs/ci/adapter",
                         "--data", "runs/ci/data/test.jsonl", "--output", "runs/ci/eval-cli", "--limit", "8",
                         "--scoring", "cloze"], folders, JOB_UID, JOB_GID, timeout=900)

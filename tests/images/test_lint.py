@@ -106,6 +106,57 @@ def test_compose_runs_jobs_as_the_invoking_user():
     assert {s["user"] for s in services.values()} == {"4242:4343"}
 
 
+@needs_compose
+def test_compose_passes_the_image_id_into_the_jobs():
+    # The run reports record it (environment.image.image_id): a container cannot see its own image's ID.
+    for vendor in ("cpu", "rocm", "cuda"):
+        services = compose_config(vendor, extra_env={"KIT_IMAGE_ID": "sha256:" + "ab" * 32})["services"]
+        assert {name: s["environment"]["KIT_IMAGE_ID"] for name, s in services.items()} == {
+            name: "sha256:" + "ab" * 32 for name in services}
+    unset = compose_config("cpu", extra_env={"KIT_IMAGE_ID": ""})["services"]
+    assert unset["finetune"]["environment"]["KIT_IMAGE_ID"] == ""
+
+
+def fake_docker(tmp_path: Path, images: dict[str, str]) -> str:
+    """A `docker` that answers `image inspect --format {{.Id}} NAME` for the given images (else fails, as docker
+    does for an unknown image) and logs its arguments to tmp_path/docker.log."""
+    script = tmp_path / "fake-docker"
+    cases = "\n".join(f'  "{name}") echo "{image_id}";;' for name, image_id in images.items())
+    script.write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path}/docker.log"\n'
+                      f'[ "$1 $2 $3 $4" = "image inspect --format {{{{.Id}}}}" ] || exit 3\n'
+                      f'case "$5" in\n{cases}\n  *) echo "Error: No such image: $5" >&2; exit 1;;\nesac\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_compose_env_records_the_id_of_the_image_compose_will_run(tmp_path):
+    image_id = "sha256:" + "cd" * 32
+    docker = fake_docker(tmp_path, {"reg.example.org/ml/clinical-finetune-kit:2026.11-cpu": image_id})
+    result = subprocess.run(["bash", "docker/compose-env.sh", "cpu", "2026.11", "reg.example.org/ml/"], cwd=ROOT,
+                            env={**os.environ, "DOCKER": docker}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"KIT_IMAGE_ID={image_id}" in result.stdout.splitlines()
+    # The name asked for is the one the vendor fragment runs.
+    fragment = (ROOT / "docker" / "compose" / "cpu.yaml").read_text()
+    assert "image: ${KIT_REGISTRY:-}clinical-finetune-kit:${KIT_TAG:-latest}-cpu" in fragment
+    missing = subprocess.run(["bash", "docker/compose-env.sh", "cpu", "other"], cwd=ROOT,
+                             env={**os.environ, "DOCKER": docker}, capture_output=True, text=True)
+    assert missing.returncode == 0 and "KIT_IMAGE_ID=" in missing.stdout.splitlines(), "no image yet: empty, no error"
+
+
+@pytest.mark.parametrize("target", ["finetune", "evaluate", "check"])
+def test_make_run_targets_refresh_the_image_id_before_compose_runs(target):
+    # `make env` (a prerequisite of each) rewrites .env with the ID, through the same DOCKER as the run.
+    result = subprocess.run(["make", "-n", target, "DOCKER=/opt/fake/docker", "VENDOR=cpu", "TAG=t"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    env = next(i for i, line in enumerate(lines) if "docker/compose-env.sh --update .env cpu t" in line)
+    assert 'DOCKER="/opt/fake/docker"' in lines[env]
+    run = next(i for i, line in enumerate(lines) if f"/opt/fake/docker compose run --rm {target}" in line)
+    assert env < run
+
+
 def fake_getent(tmp_path: Path, groups: dict[str, int]) -> dict[str, str]:
     script = tmp_path / "getent"
     lines = "\n".join(f'  {name}) echo "{name}:x:{gid}:";;' for name, gid in groups.items())

