@@ -11,15 +11,17 @@ Two scorings, both comparing the log-likelihood of each choice's tokens after th
   short options.
 
 How a batch is scored (``method="shared-prompt"``, the default): the prompts of up to ``batch_size`` questions
-run once, right-padded, with the KV cache on; the first token of every choice is read from the prompt's last
-logits (for single-token letter choices that is the whole score: one forward pass per question instead of one
-per option); then the cache is gathered to one row per (question, choice) and only the remaining choice tokens
-run, with explicit position ids so each choice continues exactly where its own prompt ended. Right padding
-cannot change a score: real tokens never attend to padding (mask) and keep their positions; tests check that a
-question scores the same alone and next to longer neighbours, and that this path equals the plain
-one-sequence-per-choice path (``method="full"``, also the fallback for models whose cache cannot be gathered).
-Both work on transformers 4.57 and 5.x (``DynamicCache.batch_select_indices`` and tensor ``logits_to_keep``
-exist in both).
+(and, with ``token_budget``, up to that many padded prompt tokens) run once, right-padded, with the KV cache on;
+the first token of every choice is read from the prompt's last logits (for single-token letter choices that is the
+whole score: one forward pass per batch of questions, no cache kept); then, in chunks of rows sorted by length,
+the cache is gathered to one row per (question, choice) and only the remaining choice tokens run, with explicit
+position ids so each choice continues exactly where its own prompt ended. Each chunk gathers its rows from the
+one prompt cache without copying it (``_cache_rows``), and a batch's scores stay on the device until one copy
+to the host at its end. Right padding cannot change a score: real tokens never attend to padding (mask) and keep
+their positions; tests check that a question scores the same alone and next to longer neighbours, and that this
+path equals the plain one-sequence-per-choice path (``method="full"``, also the fallback for models whose cache
+cannot be gathered). Both work on transformers 4.57 and 5.x (``DynamicCache.batch_select_indices``, its
+``DynamicLayer`` objects and tensor ``logits_to_keep`` are the same in both).
 
 The model is evaluated in its own dtype; log-softmax is taken in float32.
 """
@@ -31,7 +33,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 
@@ -65,6 +67,7 @@ def evaluate(
     *,
     scoring: Scoring,
     batch_size: int = 8,
+    token_budget: int | None = None,
     limit: int | None = None,
     method: Literal["shared-prompt", "full"] = "shared-prompt",
     max_length: int | None = None,
@@ -72,19 +75,13 @@ def evaluate(
 ) -> EvalResult:
     """Score every question (the first ``limit`` ones if given) and return metrics and per-question predictions.
 
-    ``batch_size`` counts questions per forward pass (``method="full"``: sequences). ``max_length`` (default: the
-    model's ``max_position_embeddings``) bounds prompt + choice; longer prompts lose tokens from their start, as
-    lm-eval truncates. ``add_bos`` is the BOS rule of ``pipeline.prompts.encode_text`` (train with the same one).
-    The model's train/eval mode is restored afterwards, so this can run mid-training.
+    ``batch_size`` counts questions per forward pass (``method="full"``: sequences); ``token_budget`` (shared-prompt
+    only) also caps a batch's padded prompt tokens, so short prompts run many to a pass and long ones few.
+    ``max_length`` (default: the model's ``max_position_embeddings``) bounds prompt + choice; longer prompts lose
+    tokens from their start, as lm-eval truncates. ``add_bos`` is the BOS rule of ``pipeline.prompts.encode_text``
+    (train with the same one). The model's train/eval mode is restored afterwards, so this can run mid-training.
     """
-    if scoring not in ("letter", "cloze"):
-        raise ValueError(f"scoring must be 'letter' or 'cloze', got {scoring!r}")
-    if method not in ("shared-prompt", "full"):
-        raise ValueError(f"method must be 'shared-prompt' or 'full', got {method!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if add_bos not in ("auto", "always", "never"):
-        raise ValueError(f"add_bos must be 'auto', 'always' or 'never', got {add_bos!r}")
+    _check_arguments(scoring, method, batch_size, token_budget, add_bos)
     questions = list(questions)[:limit] if limit is not None else list(questions)
     if not questions:
         raise ValueError("no questions to evaluate")
@@ -103,8 +100,7 @@ def evaluate(
             if method == "full":
                 _score_full(model, items, order, batch_size, pad_id, scores)
             else:
-                for start in range(0, len(order), batch_size):
-                    chunk = order[start:start + batch_size]
+                for chunk in _prompt_batches(items, order, batch_size, token_budget):
                     batch_scores = _score_shared_prompt(model, [items[i] for i in chunk], pad_id)
                     if batch_scores is None:  # this model's cache cannot be gathered: score plainly
                         _score_full(model, items, chunk, batch_size, pad_id, scores)
@@ -117,6 +113,19 @@ def evaluate(
     if missing:  # pragma: no cover - would be a bug in the batching above
         raise RuntimeError(f"no scores for {missing[:3]}")
     return _summarize(questions, [s for s in scores if s is not None], scoring)
+
+
+def _check_arguments(scoring: str, method: str, batch_size: int, token_budget: int | None, add_bos: str) -> None:
+    if scoring not in ("letter", "cloze"):
+        raise ValueError(f"scoring must be 'letter' or 'cloze', got {scoring!r}")
+    if method not in ("shared-prompt", "full"):
+        raise ValueError(f"method must be 'shared-prompt' or 'full', got {method!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if token_budget is not None and token_budget < 1:
+        raise ValueError(f"token_budget must be at least 1 (or None), got {token_budget}")
+    if add_bos not in ("auto", "always", "never"):
+        raise ValueError(f"add_bos must be 'auto', 'always' or 'never', got {add_bos!r}")
 
 
 def _encode(tokenizer: Any, q: Question, scoring: Scoring, max_length: int, add_bos: AddBos) -> _Item:
@@ -158,15 +167,38 @@ def _choice_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def _prompt_batches(
+    items: list[_Item], order: list[int], batch_size: int, token_budget: int | None
+) -> Iterator[list[int]]:
+    """Consecutive slices of ``order`` (longest prompt first): at most ``batch_size`` questions and, with a
+    ``token_budget``, at most that many padded prompt tokens (questions x the first, longest prompt); never empty.
+
+    A budget lets short prompts run in larger batches (fuller GPU) while long ones stay within memory: the prompt
+    cache and each chunk's gathered cache are both at most the budget's tokens.
+    """
+    batch: list[int] = []
+    for i in order:
+        width = len(items[batch[0]].context) if batch else 0
+        if batch and (len(batch) == batch_size or (token_budget and (len(batch) + 1) * width > token_budget)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _right_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of token lists right-padded to the longest, built on the host in one go."""
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], dtype=torch.long)
+    return ids, mask
+
+
 def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[list[float]] | None:
     """Scores of one batch with each prompt run once; None if the model's cache cannot be gathered by row."""
     device = _device(model)
-    width = max(len(item.context) for item in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, item in enumerate(batch):
-        input_ids[row, : len(item.context)] = torch.tensor(item.context)
-        attention_mask[row, : len(item.context)] = 1
+    input_ids, attention_mask = _right_padded([item.context for item in batch], pad_id)
     last = [len(item.context) - 1 for item in batch]
     keep = sorted(set(last))
     need_rest = any(len(choice) > 1 for item in batch for choice in item.choices)
@@ -179,30 +211,70 @@ def _score_shared_prompt(model: Any, batch: list[_Item], pad_id: int) -> list[li
         if "logits_to_keep" not in str(exc):
             raise
         out = model(**inputs)
-    logits = out.logits
-    column = {pos: (keep.index(pos) if logits.shape[1] == len(keep) else pos) for pos in keep}
-    first = torch.stack([logits[row, column[last[row]]] for row in range(len(batch))]).float()
-    first = torch.log_softmax(first, dim=-1).cpu()
-    scores = [[float(first[row, choice[0]]) for choice in item.choices] for row, item in enumerate(batch)]
-    if not need_rest:
-        return scores
+    scores = _first_token_scores(out.logits, batch, [keep.index(p) if out.logits.shape[1] == len(keep) else p
+                                                     for p in last])
+    if need_rest:
+        returned = _returned_cache(out)
+        del out  # the logits are read: keep only the prompt cache alive while the choices run
+        if returned is None or not hasattr(returned[1], "batch_select_indices"):
+            return None
+        _add_choice_rest(model, batch, scores, attention_mask, returned, pad_id)
+    values = scores.tolist()  # the batch's one device-to-host copy (and sync)
+    return [values[row][: len(item.choices)] for row, item in enumerate(batch)]
 
-    returned = _returned_cache(out)
-    if returned is None or not hasattr(returned[1], "batch_select_indices"):
-        return None
+
+def _first_token_scores(logits: torch.Tensor, batch: list[_Item], columns: list[int]) -> torch.Tensor:
+    """(questions, most choices) log p(each choice's first token | prompt) in float32, on the logits' device.
+
+    ``columns[row]`` is the column of ``logits`` holding that row's last prompt position. Rows with fewer choices
+    are padded with token 0; those entries are never read.
+    """
+    device = logits.device
+    last = logits[torch.arange(len(batch), device=device), torch.tensor(columns, device=device)]
+    logprobs = torch.log_softmax(last.float(), dim=-1)
+    width = max(len(item.choices) for item in batch)
+    first = torch.tensor([[c[0] for c in item.choices] + [0] * (width - len(item.choices)) for item in batch])
+    return logprobs.gather(1, first.to(device))
+
+
+def _add_choice_rest(
+    model: Any, batch: list[_Item], scores: torch.Tensor, prompt_mask: torch.Tensor, returned: tuple[str, Any],
+    pad_id: int,
+) -> None:
+    """Add the log-probabilities of the 2nd..last tokens of every multi-token choice to ``scores`` (in place)."""
     cache_name, prompt_cache = returned
     rows = [(b, c) for b, item in enumerate(batch) for c, choice in enumerate(item.choices) if len(choice) > 1]
     # Rows sorted by length and run in chunks of len(batch): one chunk of every row would pad each to the longest
-    # choice of the batch (measured on MedQA: 3.6x the real choice tokens). Each chunk gathers its rows from its
-    # own copy of the prompt cache (the gather replaces the cache's tensors, so the last chunk may use the original).
+    # choice of the batch (measured on MedQA: 3.6x the real choice tokens). A chunk's gathered cache then holds as
+    # many rows as the prompt cache, and is freed (with its logits) when _score_choice_rest returns.
     rows.sort(key=lambda row: -len(batch[row[0]].choices[row[1]]))
-    chunks = [rows[i:i + len(batch)] for i in range(0, len(rows), len(batch))]
-    for number, chunk in enumerate(chunks):
-        cache = prompt_cache if number == len(chunks) - 1 else copy.deepcopy(prompt_cache)
-        logprobs = _score_choice_rest(model, batch, chunk, attention_mask, cache, cache_name, pad_id, device)
-        for r, (b, c) in enumerate(chunk):
-            scores[b][c] += float(logprobs[r])
-    return scores
+    for start in range(0, len(rows), len(batch)):
+        chunk = rows[start:start + len(batch)]
+        logprobs = _score_choice_rest(model, batch, chunk, prompt_mask, prompt_cache, cache_name, pad_id)
+        where = torch.tensor(chunk, device=scores.device)
+        scores[where[:, 0], where[:, 1]] += logprobs.to(scores.device)  # (question, choice) pairs are distinct
+
+
+def _cache_rows(cache: Any, rows: torch.Tensor) -> Any:
+    """A cache holding ``rows`` of ``cache`` (repeats allowed), leaving ``cache`` whole for the next chunk.
+
+    transformers' ``DynamicCache`` (the same in 4.57 and 5.x: a ``layers`` list of ``DynamicLayer``) *replaces* a
+    layer's keys/values tensors in both ``batch_select_indices`` (indexing) and ``update`` (``torch.cat``), never
+    writes into them: a shallow copy of the cache and of each layer object is enough, and only the selected rows
+    are new memory. Any other cache (static, sliding, offloaded, quantized, a model's own) is deep-copied first:
+    still right, but it copies the whole prompt cache for every chunk.
+    """
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if (type(cache) is DynamicCache and not getattr(cache, "offloading", False) and isinstance(layers, list)
+            and all(type(layer) is DynamicLayer for layer in layers)):
+        selected = copy.copy(cache)
+        selected.layers = [copy.copy(layer) for layer in layers]  # a new list: update() may append to it
+    else:
+        selected = copy.deepcopy(cache)
+    selected.batch_select_indices(rows)
+    return selected
 
 
 def _score_choice_rest(
@@ -210,35 +282,28 @@ def _score_choice_rest(
     batch: list[_Item],
     rows: list[tuple[int, int]],
     prompt_mask: torch.Tensor,
-    cache: Any,
+    prompt_cache: Any,
     cache_name: str,
     pad_id: int,
-    device: torch.device,
 ) -> torch.Tensor:
-    """Summed log-probabilities of the 2nd..last tokens of the given (question, choice) rows, from the prompt cache."""
+    """Summed log-probabilities of the 2nd..last tokens of the given (question, choice) rows, on the device."""
+    device = _device(model)
     gather = torch.tensor([b for b, _ in rows])
-    cache.batch_select_indices(gather.to(device))
-    rest = max(len(batch[b].choices[c]) - 1 for b, c in rows)
-    ids = torch.full((len(rows), rest), pad_id, dtype=torch.long)
-    targets = torch.zeros((len(rows), rest), dtype=torch.long)
-    choice_mask = torch.zeros((len(rows), rest), dtype=torch.long)
-    position_ids = torch.zeros((len(rows), rest), dtype=torch.long)
-    for r, (b, c) in enumerate(rows):
-        choice = batch[b].choices[c]
-        n = len(choice) - 1
-        ids[r, :n] = torch.tensor(choice[:-1])
-        targets[r, :n] = torch.tensor(choice[1:])
-        choice_mask[r, :n] = 1
-        # Continue from the prompt's own end, not from the padded width: positions match the unpadded sequence.
-        position_ids[r] = torch.arange(len(batch[b].context), len(batch[b].context) + rest)
+    choices = [batch[b].choices[c] for b, c in rows]
+    ids, choice_mask = _right_padded([choice[:-1] for choice in choices], pad_id)
+    targets, _ = _right_padded([choice[1:] for choice in choices], 0)
+    # Continue from the prompt's own end, not from the padded width: positions match the unpadded sequence.
+    starts = torch.tensor([len(batch[b].context) for b, _ in rows])
+    position_ids = starts[:, None] + torch.arange(ids.shape[1])
     out = model(
         input_ids=ids.to(device),
         attention_mask=torch.cat([prompt_mask[gather], choice_mask], dim=1).to(device),
         position_ids=position_ids.to(device),
         use_cache=True,
-        **{cache_name: cache},
+        **{cache_name: _cache_rows(prompt_cache, gather.to(device))},
     )
-    return (_choice_logprobs(out.logits, targets.to(out.logits.device)).cpu() * choice_mask).sum(dim=1)
+    mask = choice_mask.to(out.logits.device)
+    return (_choice_logprobs(out.logits, targets.to(out.logits.device)) * mask).sum(dim=1)
 
 
 def _score_full(

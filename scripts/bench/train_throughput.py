@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from medqa_bpe import medqa_tokenizer  # noqa: E402  (scripts/bench/medqa_bpe.py, beside this script)
 
 TINY = ("random:llama2-7b:num_hidden_layers=2,hidden_size=64,intermediate_size=128,num_attention_heads=4,"
         "num_key_value_heads=4,vocab_size=3000")
@@ -45,22 +46,6 @@ TINY = ("random:llama2-7b:num_hidden_layers=2,hidden_size=64,intermediate_size=1
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data: real MedQA sequences, the same optimizer steps for every trainer
-
-
-def medqa_tokenizer(questions: list, vocab_size: int):
-    """Byte-level BPE trained on the questions' prompts (stands in for LLaMA's tokenizer: no hub here)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from pipeline.prompts import format_prompt
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([format_prompt(q) for q in questions], trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 def step_plan(n: int, per_step: int, steps: int, seed: int) -> list[list[int]]:

@@ -229,3 +229,73 @@ def test_on_gpu_shared_prompt_equals_full_and_padding_is_harmless(tiny_model, ti
     assert all_scores(shared) == pytest.approx(all_scores(alone), **tol)
     cpu = evaluate(tiny_model.to(device="cpu", dtype=torch.float32), tiny_tokenizer, mixed_questions, scoring="cloze")
     assert all_scores(shared) == pytest.approx(all_scores(cpu), **tol)
+
+
+def test_token_budget_batches_and_bad_budget():
+    from pipeline.evaluate import _Item, _prompt_batches
+
+    items = [_Item([1] * n, [[1]]) for n in (10, 8, 5, 5, 3, 2)]  # already longest first
+    order = list(range(len(items)))
+    assert list(_prompt_batches(items, order, 4, None)) == [[0, 1, 2, 3], [4, 5]]
+    # 20 padded tokens: two rows of the 10-token prompt, then four rows of 5, then the rest.
+    assert list(_prompt_batches(items, order, 99, 20)) == [[0, 1], [2, 3, 4, 5]]
+    assert list(_prompt_batches(items, order, 3, 20)) == [[0, 1], [2, 3, 4], [5]]
+    # A prompt longer than the budget still runs, alone.
+    assert list(_prompt_batches(items, order, 99, 6)) == [[0], [1], [2], [3], [4, 5]]
+    with pytest.raises(ValueError, match="token_budget must be at least 1"):
+        evaluate(BigramLM(), CharTokenizer(), [LENGTHS_Q], scoring="letter", token_budget=0)
+
+
+@pytest.mark.parametrize("scoring", ["letter", "cloze"])
+def test_token_budget_scores_equal_one_sequence_per_choice(tiny_model, tiny_tokenizer, mixed_questions, scoring):
+    full = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring=scoring, batch_size=5, method="full")
+    for budget in (1, 300, 100_000):
+        shared = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring=scoring, batch_size=64,
+                          token_budget=budget)
+        assert all_scores(shared) == pytest.approx(all_scores(full), rel=1e-5, abs=1e-4), budget
+
+
+def test_choice_chunks_gather_from_the_prompt_cache_without_deep_copying_it(
+    tiny_model, tiny_tokenizer, mixed_questions, monkeypatch
+):
+    # transformers' DynamicCache replaces its tensors when rows are selected, so each chunk takes its rows from the
+    # one prompt cache: a deep copy per chunk (the whole cache: 41 GiB at 32 MedQA prompts on a 7B) must not happen.
+    import copy
+
+    import pipeline.evaluate as ev
+
+    full = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring="cloze", batch_size=5, method="full")
+    chunks = []
+    real_rest = ev._score_choice_rest
+    monkeypatch.setattr(ev, "_score_choice_rest", lambda *a, **k: chunks.append(1) or real_rest(*a, **k))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the prompt cache was deep-copied")
+
+    monkeypatch.setattr(copy, "deepcopy", refuse)
+    shared = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring="cloze", batch_size=3)
+    batches = -(-len(mixed_questions) // 3)
+    assert len(chunks) > batches  # several chunks per batch really ran
+    assert all_scores(shared) == pytest.approx(all_scores(full), rel=1e-5, abs=1e-4)
+
+
+def test_cache_rows_selects_rows_and_leaves_the_prompt_cache_whole(tiny_model):
+    from pipeline.compat import returned_cache
+    from pipeline.evaluate import _cache_rows
+
+    out = tiny_model(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10]]), use_cache=True)
+    _, cache = returned_cache(out)
+    before = [(layer.keys, layer.values) for layer in cache.layers]
+    selected = _cache_rows(cache, torch.tensor([1, 1, 0]))
+    for layer, (keys, values), chosen in zip(cache.layers, before, selected.layers, strict=True):
+        assert layer.keys is keys and layer.values is values  # the prompt cache keeps its own tensors
+        assert torch.equal(chosen.keys, keys[[1, 1, 0]]) and torch.equal(chosen.values, values[[1, 1, 0]])
+    assert selected.layers is not cache.layers
+
+
+def test_other_caches_are_deep_copied_before_rows_are_selected():
+    from pipeline.evaluate import _cache_rows
+
+    cache = NullCache()
+    selected = _cache_rows(cache, torch.tensor([0, 0]))
+    assert selected is not cache and cache.selected == [] and selected.selected == [[0, 0]]
