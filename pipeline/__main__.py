@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--add-bos", choices=["auto", "always", "never"],
                     help="BOS rule (pipeline/prompts.py); default: the adapter's run record, else auto (lm-eval's)")
     ev.add_argument("--batch-size", type=_positive_int, default=8)
+    ev.add_argument("--token-budget", type=_positive_int, default=None,
+                    help="at most this many padded prompt tokens a forward pass (default: --batch-size questions)")
     ev.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ev.add_argument("--group-by", metavar="FIELD", help="also break accuracy down by this field of the data rows")
 
@@ -168,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     add_bos = args.add_bos or (record or {}).get("add_bos") or "auto"
     model, tokenizer, how = load_for_eval(args.model, args.adapter, device=device, merge=args.merge, record=record)
     result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=args.batch_size, limit=args.limit,
-                      add_bos=add_bos)
+                      token_budget=args.token_budget, add_bos=add_bos)
     write_eval(result, Path(args.output))
     # An accuracy is only evidence with what produced it: the same report a fine-tune writes, less training.
     rep.write_report(Path(args.output), rep.build_report(
@@ -183,7 +185,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=device,
         data={"files": [loaded.facts()]},  # hashed as read, not re-read at report time
         evaluation={"scoring": args.scoring, "add_bos": add_bos, "file": str(args.data), "limit": args.limit,
-                    "batch_size": args.batch_size, "group_by": args.group_by, "result": result.metrics},
+                    "batch_size": args.batch_size, "token_budget": args.token_budget, "group_by": args.group_by,
+                    "result": result.metrics},
     ))
     m = result.metrics
     extra = f", acc_norm {m['acc_norm']:.3f}" if m.get("acc_norm") is not None else ""

@@ -127,6 +127,9 @@ class EvalConfig:
     # cloze: log-likelihood of each option's text after the prompt, reported as acc and acc_norm.
     scoring: Literal["letter", "cloze"] = "letter"
     batch_size: int = ranged(8, 1)
+    # At most this many padded prompt tokens a forward pass (null: batch_size questions whatever their length):
+    # short prompts then run many at a time, long ones few, at a steady memory (docs/benchmarks.md, evaluation).
+    token_budget: Optional[int] = ranged(None, 1)
     limit: Optional[int] = ranged(None, 1)  # null: every question
     before_training: bool = False  # also evaluate the base model, to print accuracy before and after
     # A field of the evaluation data rows (e.g. "category") to break accuracy down by in the report, besides

@@ -157,7 +157,8 @@ class FineTuneRun:
         self.out = Progress(recipe.train.steps, log_every=recipe.train.log_every, plain=True, enabled=self.dist.main)
         # Evaluation encodes by the BOS rule training used (data.add_bos; lm-eval's rule by default).
         self.eval_kwargs = dict(scoring=recipe.eval.scoring, batch_size=recipe.eval.batch_size,
-                                limit=recipe.eval.limit, add_bos=recipe.data.add_bos)
+                                token_budget=recipe.eval.token_budget, limit=recipe.eval.limit,
+                                add_bos=recipe.data.add_bos)
         self.step, self.start_step, self.resumed_from = 0, 0, None
         self.history: dict[str, Any] = {"loss": [], "lr": [], "tokens": [], "eval_before": None}
         self.eval_after: Optional[dict] = None

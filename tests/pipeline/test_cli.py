@@ -123,12 +123,14 @@ def test_finetune_then_evaluate_the_adapter(tmp_path, tiny_model_dir, capsys):
     assert "# Run report: evaluate" in markdown and f"- accuracy: {metrics['accuracy']:.3f}" in markdown
     assert "trainable (LoRA)" not in markdown  # no training happened in this run
 
-    # --merge is the explicit other choice, and the report says which was done.
+    # --merge is the explicit other choice, and the report says which was done; a token budget per pass (here
+    # smaller than two prompts, so one question a pass) changes the batching, not the scores.
     assert main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--merge", "--limit", "5",
                  "--data", str(tmp_path / "eval.jsonl"), "--output", str(tmp_path / "ev-merged"),
-                 "--scoring", "cloze", "--device", "cpu"]) == 0
+                 "--scoring", "cloze", "--device", "cpu", "--token-budget", "100"]) == 0
     merged_report = json.loads((tmp_path / "ev-merged" / "report.json").read_text())
     assert merged_report["model"]["load"]["mode"] == "merged"
+    assert merged_report["eval"]["token_budget"] == 100 and report["eval"]["token_budget"] is None
     trained = json.loads((tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()[0])
     merged = json.loads((tmp_path / "ev-merged" / "predictions.jsonl").read_text().splitlines()[0])
     assert trained["source"] == merged["source"]
