@@ -171,11 +171,17 @@ def summarize(runs: list[dict], questions: int, tokens: int) -> list[dict]:
 
 
 def compare(mine: list[dict], peer: list[dict]) -> dict[str, Any]:
-    """How many predictions (and, for cloze, length-normalized ones) differ from the peer's; largest score gap."""
+    """How many predictions (and, for cloze, length-normalized ones) differ from the peer's; largest score gap;
+    and, over the differing questions, the widest margin by which the peer preferred its own choice to ours.
+
+    A flipped prediction whose peer margin is below the largest score gap is a near-tie that rounding (bf16: other
+    matrix shapes, other kernels) can flip; a margin above it would point at a scoring difference instead.
+    """
     keys = [k for k in ("predicted", "predicted_norm") if k in mine[0]]
-    differ = sum(any(a[k] != b[k] for k in keys) for a, b in zip(mine, peer, strict=True))
+    flipped = [(a, b) for a, b in zip(mine, peer, strict=True) if any(a[k] != b[k] for k in keys)]
     gap = max(abs(a["scores"][k] - b["scores"][k]) for a, b in zip(mine, peer, strict=True) for k in a["scores"])
-    return {"differing_predictions": differ, "max_score_difference": gap}
+    margin = max((b["scores"][b["predicted"]] - b["scores"][a["predicted"]] for a, b in flipped), default=0.0)
+    return {"differing_predictions": len(flipped), "max_score_difference": gap, "widest_flipped_margin": margin}
 
 
 def table(scoring: str, rows: list[dict], questions: int) -> str:
@@ -187,7 +193,8 @@ def table(scoring: str, rows: list[dict], questions: int) -> str:
         same = "-"
         if "differing_predictions" in r:
             n, gap = r["differing_predictions"], r["max_score_difference"]
-            same = ("yes" if n == 0 else f"NO ({n} of {questions})") + f", max |score diff| {gap:.2g}"
+            same = ("yes" if n == 0 else f"NO ({n} of {questions}, peer margins <= "
+                    f"{r['widest_flipped_margin']:.2g})") + f", max |score diff| {gap:.2g}"
         lines.append(f"  {r['name']:28s} {r['wall_s']:8.2f} {r['questions_per_s']:7.1f} "
                      f"{r['prompt_tokens_per_s']:13,.0f} {peak} {ratio} {same}")
     return f"{scoring} scoring\n" + "\n".join(lines)

@@ -35,6 +35,30 @@ def write_questions(path: Path, n: int = 16, offset: int = 0) -> Path:
     return path
 
 
+def write_recipe_file(tmp_path: Path, model_dir: Path, *, output_dir: Optional[Path] = None, steps: int = 4,
+                      eval_rows: int = 8, log_every: Optional[int] = None, body: str = "") -> Path:
+    """A YAML recipe file for the command-line tests (``python -m pipeline finetune --recipe``): fp32 LoRA r 8 on CPU,
+    text target, cloze scoring, 16 training rows, ``eval_rows`` evaluation rows, a checkpoint every 2 steps.
+
+    Written as YAML text (not from a Recipe) so tests can edit a setting's spelling, e.g. ``steps: 4`` to ``four``;
+    ``body`` is appended as more YAML.
+    """
+    train = write_questions(tmp_path / "train.jsonl", 16)
+    evals = write_questions(tmp_path / "eval.jsonl", eval_rows, offset=3)
+    log = f"log_every: {log_every}, " if log_every is not None else ""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"model: {{name_or_path: '{model_dir}', attention: sdpa}}\n"
+        "quantization: {mode: none}\n"
+        "lora: {r: 8, alpha: 16, dropout: 0.0}\n"
+        f"data: {{train: '{train}', eval: '{evals}', target: text, max_length: 128}}\n"
+        f"train: {{steps: {steps}, batch_size: 4, lr: 1.0e-2, device: cpu, precision: fp32, checkpoint_every: 2, "
+        f"{log}output_dir: '{output_dir or tmp_path / 'run'}'}}\n"
+        "eval: {scoring: cloze}\n" + body
+    )
+    return path
+
+
 def tiny_recipe(model_dir: Path, tmp: Path, *, eval_rows: int = 0, extra: Optional[list[str]] = None) -> Recipe:
     """Fast settings for the tiny model: fp32 LoRA r 8 on CPU, 6 steps, batch 4, text target + cloze scoring.
 

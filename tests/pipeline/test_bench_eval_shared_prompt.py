@@ -37,3 +37,19 @@ def test_bench_runs_on_cpu_with_a_tiny_model_and_the_medqa_tokenizer(tmp_path, m
             assert r["wall_s"] > 0 and r["questions_per_s"] > 0 and r["x_peer"] > 0, r
         for r in rows[:2]:
             assert r["differing_predictions"] == 0 and r["max_score_difference"] < 1e-3, r
+
+
+def test_compare_reports_how_far_apart_the_flipped_predictions_were():
+    """A flip is measured by the peer's own margin for its choice over ours (a near-tie or not)."""
+    sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+    try:
+        from eval_shared_prompt import compare
+    finally:
+        sys.path.remove(str(ROOT / "scripts" / "bench"))
+    peer = [{"predicted": "A", "scores": {"A": -1.0, "B": -1.05}}, {"predicted": "B", "scores": {"A": -3.0, "B": -1.0}}]
+    mine = [{"predicted": "B", "scores": {"A": -1.1, "B": -1.0}}, {"predicted": "B", "scores": {"A": -3.0, "B": -1.0}}]
+    result = compare(mine, peer)
+    assert result["differing_predictions"] == 1
+    assert abs(result["widest_flipped_margin"] - 0.05) < 1e-9 and abs(result["max_score_difference"] - 0.1) < 1e-9
+    assert compare(peer, peer) == {"differing_predictions": 0, "max_score_difference": 0.0,
+                                   "widest_flipped_margin": 0.0}

@@ -13,25 +13,13 @@ import pytest
 
 from pipeline.__main__ import main
 
-from .recipe_helpers import write_questions
+from .recipe_helpers import write_questions, write_recipe_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recipe(tmp_path: Path, model_dir: Path, body: str = "") -> Path:
-    train = write_questions(tmp_path / "train.jsonl", 16)
-    evals = write_questions(tmp_path / "eval.jsonl", 8, offset=3)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(
-        f"model: {{name_or_path: '{model_dir}', attention: sdpa}}\n"
-        "quantization: {mode: none}\n"
-        "lora: {r: 8, alpha: 16, dropout: 0.0}\n"
-        f"data: {{train: '{train}', eval: '{evals}', target: text, max_length: 128}}\n"
-        f"train: {{steps: 4, batch_size: 4, lr: 1.0e-2, device: cpu, precision: fp32, checkpoint_every: 2, "
-        f"output_dir: '{tmp_path / 'run'}'}}\n"
-        "eval: {scoring: cloze}\n" + body
-    )
-    return path
+    return write_recipe_file(tmp_path, model_dir, body=body)
 
 
 def test_unknown_recipe_key_is_named(tmp_path, tiny_model_dir, capsys):

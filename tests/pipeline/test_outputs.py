@@ -22,7 +22,7 @@ from pipeline import preflight, run_lock
 from pipeline.__main__ import main, parse_args
 from pipeline.errors import OutputError, UserError
 
-from .recipe_helpers import write_questions
+from .recipe_helpers import write_questions, write_recipe_file
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
@@ -57,19 +57,7 @@ def read_only_dir(tmp_path):
 
 
 def _recipe(tmp_path: Path, model_dir: Path, output_dir: Path, steps: int = 4) -> Path:
-    train = write_questions(tmp_path / "train.jsonl", 16)
-    evals = write_questions(tmp_path / "eval.jsonl", 4, offset=3)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(
-        f"model: {{name_or_path: '{model_dir}', attention: sdpa}}\n"
-        "quantization: {mode: none}\n"
-        "lora: {r: 8, alpha: 16, dropout: 0.0}\n"
-        f"data: {{train: '{train}', eval: '{evals}', target: text, max_length: 128}}\n"
-        f"train: {{steps: {steps}, batch_size: 4, lr: 1.0e-2, device: cpu, precision: fp32, checkpoint_every: 2, "
-        f"log_every: 1, output_dir: '{output_dir}'}}\n"
-        "eval: {scoring: cloze}\n"
-    )
-    return path
+    return write_recipe_file(tmp_path, model_dir, output_dir=output_dir, steps=steps, eval_rows=4, log_every=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
