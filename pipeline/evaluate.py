@@ -316,15 +316,10 @@ def _score_full(
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         seqs = [items[i].context + items[i].choices[c] for i, c in chunk]
-        width = max(len(s) for s in seqs) - 1
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        targets = torch.zeros((len(chunk), width), dtype=torch.long)
-        scored = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for r, ((i, _c), seq) in enumerate(zip(chunk, seqs, strict=False)):
-            ids[r, : len(seq) - 1] = torch.tensor(seq[:-1])
-            mask[r, : len(seq) - 1] = 1
-            targets[r, : len(seq) - 1] = torch.tensor(seq[1:])
+        ids, mask = _right_padded([seq[:-1] for seq in seqs], pad_id)
+        targets, _ = _right_padded([seq[1:] for seq in seqs], 0)
+        scored = torch.zeros(ids.shape, dtype=torch.bool)
+        for r, ((i, _c), seq) in enumerate(zip(chunk, seqs, strict=True)):
             scored[r, len(items[i].context) - 1 : len(seq) - 1] = True
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         logprobs = _choice_logprobs(logits, targets.to(logits.device)).cpu()

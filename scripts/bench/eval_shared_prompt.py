@@ -18,7 +18,8 @@ about twice too long, and " A" may be several tokens).
 
 For each scoring and setting it prints wall time (median of ``--repeats``), questions/s, prompt tokens/s (the
 questions' real prompt tokens, the same count for every method), peak GPU memory, the ratio to the peer, and
-whether the predictions equal the peer's (and the largest score difference). Exit status 1 if any differ.
+whether the predictions equal the peer's (the largest score difference, and for flipped predictions the widest
+margin by which the peer preferred its own choice). Exit status 1 if any differ.
 """
 
 from __future__ import annotations
