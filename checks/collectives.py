@@ -68,7 +68,7 @@ def worker(rank: int, world: int, init_method: str, backend: str, device_type: s
         result["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         if dist.is_initialized():
-            from pipeline.compat import let_collective_threads_finish
+            from pipeline.core.compat import let_collective_threads_finish
 
             let_collective_threads_finish(torch.__version__)  # torch < 2.8 could hang here (see its docstring)
             dist.destroy_process_group()

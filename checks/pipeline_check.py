@@ -1,6 +1,6 @@
 """The pipeline end to end: a two-step QLoRA fine-tune of a tiny random Llama, on the GPU when there is one.
 
-It calls the pipeline's own API (pipeline.tiny, pipeline.demo_data, pipeline.train), so it tests the code users
+It calls the pipeline's own API (pipeline.model.tiny, pipeline.data.demo, pipeline.finetune), so it tests the code users
 run, not a copy of it. On a GPU the 4-bit NF4 path is mandatory (quantization.on_unsupported=error): a GPU image
 that silently falls back to bf16 LoRA is not fit for QLoRA. On a CPU it runs too (it takes seconds) and reports
 which path the pipeline took there.
@@ -86,10 +86,10 @@ def judge(report: dict[str, Any], on_gpu: bool) -> Result:
 def qlora(ctx: Context) -> Result:
     """A two-step QLoRA fine-tune of a tiny model through the pipeline (NF4 on a GPU)."""
     try:
-        from pipeline.config import load_recipe
-        from pipeline.demo_data import write_demo_data
-        from pipeline.tiny import build_tiny_model
-        from pipeline.train import finetune
+        from pipeline.core.config import load_recipe
+        from pipeline.data.demo import write_demo_data
+        from pipeline.finetune import finetune
+        from pipeline.model.tiny import build_tiny_model
     except ImportError as exc:
         return Result(NAME, FAIL, "pipeline not importable", f"{type(exc).__name__}: {exc}",
                       hint="run from the kit's root (or the image's /opt/kit) so that 'pipeline' imports")

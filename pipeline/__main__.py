@@ -10,7 +10,7 @@
 Mistakes in what the user gave us (recipe keys and types, data rows, an impossible setting for this machine, an
 unusable output folder) exit with status 2 and a short message naming the key, file:line or setting, never a
 traceback: the user's fix is in their input, not in our code. What counts as such a mistake is decided by type
-(``pipeline.errors.UserError``), never by the words of a message; everything else is a bug and raises with a
+(``pipeline.core.errors.UserError``), never by the words of a message; everything else is a bug and raises with a
 traceback. Recipe overrides (``section.key=value``) may stand anywhere on the command line, also after flags.
 """
 
@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="merge the adapter into a bf16 (GPU) / fp32 (CPU) base instead of loading the base the way "
                          "the adapter was trained (its run record): a different number from the run's own")
     ev.add_argument("--add-bos", choices=["auto", "always", "never"],
-                    help="BOS rule (pipeline/prompts.py); default: the adapter's run record, else auto (lm-eval's)")
+                    help="BOS rule (pipeline/data/prompts.py); default: the adapter's run record, else auto "
+                         "(lm-eval's)")
     ev.add_argument("--batch-size", type=_positive_int, default=8)
     ev.add_argument("--token-budget", type=_positive_int, default=None,
                     help="at most this many padded prompt tokens a forward pass (default: --batch-size questions)")
@@ -88,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="compare two evaluations of the same questions (paired interval, McNemar)")
     cmp.add_argument("run_a", metavar="RUN_A", help="evaluation folder (or fine-tune run folder) of model A")
     cmp.add_argument("run_b", metavar="RUN_B", help="evaluation folder (or fine-tune run folder) of model B")
-    cmp.add_argument("--output", help="folder for report.md and compare.json (default: compare-<A>-vs-<B>)")
+    cmp.add_argument("--output", help="also write report.md and compare.json into this folder (default: print only)")
 
     rp = sub.add_parser("reproduce", help="re-run a report's evaluation; exit 0 if the predictions match, 1 if not")
     rp.add_argument("report", help="report.json (or its folder) written by finetune or evaluate")
@@ -112,7 +113,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     try:
         if args.command == "prepare":
@@ -129,8 +130,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from pipeline.config import load_recipe
-    from pipeline.train import finetune
+    from pipeline.core.config import load_recipe
+    from pipeline.finetune import finetune
 
     recipe = load_recipe(args.recipe, args.overrides)
     allow = tuple(k.strip() for k in args.allow_changes.split(",") if k.strip())
@@ -141,7 +142,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from kit import atomic
-    from pipeline.reproduce import render, reproduce
+    from pipeline.report.reproduce import render, reproduce
 
     comparison = reproduce(Path(args.report), device=args.device)
     print(render(comparison))
@@ -153,11 +154,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from pipeline import preflight
-    from pipeline import report as rep
-    from pipeline.data import read_questions
-    from pipeline.evaluate import evaluate, write_eval
-    from pipeline.model import choose_device, is_random, load_for_eval, resolve_model
+    from pipeline.core import preflight
+    from pipeline.data.questions import read_questions
+    from pipeline.evaluate.scoring import evaluate, write_eval
+    from pipeline.model.load import choose_device, is_random, load_for_eval, resolve_model
+    from pipeline.report import build as rep
 
     started, t0 = rep.utc_now(), time.monotonic()
     preflight.check_output_dir(Path(args.output), key="--output")  # before minutes of scoring, not at the write
@@ -196,26 +197,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import compare
-    from pipeline.report_sections import p_value, signed
+    """Print the comparison; files only where --output says (a comparison is cheap to redo, and a folder appearing
+    in whatever directory the user stands in is litter)."""
+    from pipeline.report.compare import compare, render
+    from pipeline.report.sections import p_value, signed
 
-    def name(run: str) -> str:  # a fine-tune's eval/ folder is named after its run
-        path = Path(run).resolve()
-        return path.parent.name if path.name == "eval" else path.name
-
-    output = Path(args.output or f"compare-{name(args.run_a)}-vs-{name(args.run_b)}")
+    output = Path(args.output) if args.output else None
     result = compare(Path(args.run_a), Path(args.run_b), output)
+    print(render(result))
     d = result["difference"]
     print(f"{result['count']} questions: accuracy {result['accuracy_a']['value']:.3f} (A) -> "
           f"{result['accuracy_b']['value']:.3f} (B), difference {signed(d['value'])} (95% CI {signed(d['low'])} to "
-          f"{signed(d['high'])}), McNemar p = {p_value(result['mcnemar_exact_p'])} -> {output / 'report.md'}")
+          f"{signed(d['high'])}), McNemar p = {p_value(result['mcnemar_exact_p'])}"
+          + (f" -> {output / 'report.md'}" if output else ""))
     return 0
 
 
 def _adapter_record(args: argparse.Namespace):
     """(run record, its path) of --adapter, or (None, None) without an adapter or with --merge and no record."""
-    from pipeline.errors import ModelNotFoundError
-    from pipeline.run_record import read_record
+    from pipeline.core.errors import ModelNotFoundError
+    from pipeline.core.run_record import read_record
 
     if not args.adapter:
         return None, None
@@ -233,11 +234,12 @@ def _adapter_record(args: argparse.Namespace):
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Validate data (every problem as file:line), report rows, contamination and token lengths; write demo data."""
-    from pipeline import lengths, run_lock
-    from pipeline.config import load_recipe
-    from pipeline.data import DataError, find_overlap, read_questions
-    from pipeline.prompts import encode_example
-    from pipeline.train import data_paths
+    from pipeline.core import run_lock
+    from pipeline.core.config import load_recipe
+    from pipeline.data import lengths
+    from pipeline.data.loading import data_paths
+    from pipeline.data.prompts import encode_example
+    from pipeline.data.questions import DataError, find_overlap, read_questions
 
     recipe = load_recipe(args.recipe, args.overrides)
     # Writing the demo data into a folder a run is using would change that run's data under it.
@@ -293,8 +295,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _tokenizer_for(name_or_path: str, trust_remote_code: bool):
-    from pipeline.model import _loading, load_tokenizer, resolve_model
-    from pipeline.tiny import RANDOM_PREFIX, train_tokenizer
+    from pipeline.model.load import _loading, load_tokenizer, resolve_model
+    from pipeline.model.tiny import RANDOM_PREFIX, train_tokenizer
 
     if name_or_path.startswith(RANDOM_PREFIX):
         # The random-weight smoke models use the small local tokenizer; no need to build 7 B weights to count tokens.
@@ -306,7 +308,7 @@ def _tokenizer_for(name_or_path: str, trust_remote_code: bool):
 
 def _context_length(name_or_path: str) -> int:
     """The model's context (max_position_embeddings), which bounds evaluation prompts; 4096 when unknown."""
-    from pipeline.model import RANDOM_PREFIX, parse_random_spec, resolve_model
+    from pipeline.model.load import RANDOM_PREFIX, parse_random_spec, resolve_model
 
     if name_or_path.startswith(RANDOM_PREFIX):
         return int(parse_random_spec(name_or_path)["max_position_embeddings"])

@@ -75,9 +75,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, list, dict]:
     """(model, tokenizer, questions, facts about the tokenizer) as the arguments ask."""
-    from pipeline.data import load_questions
-    from pipeline.demo_data import write_demo_data
-    from pipeline.model import load_for_eval
+    from pipeline.data.demo import write_demo_data
+    from pipeline.data.questions import load_questions
+    from pipeline.model.load import load_for_eval
 
     model, tokenizer, _ = load_for_eval(args.model, device=torch.device(args.device))
     if args.data:
@@ -100,7 +100,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, list, dict]:
 
 def prompt_tokens(tokenizer: Any, questions: list) -> list[int]:
     """Each question's prompt length in tokens, as evaluate encodes it (the same for letter and cloze)."""
-    from pipeline.prompts import continuations, encode_pair, format_prompt
+    from pipeline.data.prompts import continuations, encode_pair, format_prompt
 
     return [len(encode_pair(tokenizer, format_prompt(q), continuations(q, "letter")[0])[0]) for q in questions]
 
@@ -135,7 +135,7 @@ def settings(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def run_scoring(model: Any, tokenizer: Any, questions: list, scoring: str, args: argparse.Namespace) -> list[dict]:
     """Time every setting on ``questions`` (repeats interleaved, so load changes hit all alike); one dict each."""
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate.scoring import evaluate
 
     runs = settings(args)
     for run in runs:  # untimed: CUDA context, cuBLAS handles, kernel choices
@@ -202,7 +202,7 @@ def table(scoring: str, rows: list[dict], questions: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.prompts import format_prompt
+    from pipeline.data.prompts import format_prompt
 
     args = parse(argv)
     model, tokenizer, questions, facts = load(args)

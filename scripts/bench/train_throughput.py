@@ -10,7 +10,7 @@ tokens). What differs is how each trainer runs the step:
 - peer: ``prepare_model_for_kbit_training`` with gradient checkpointing, SDPA, the 32 questions in random
   micro-batches of 8 padded to the longest, gradient accumulation 4, full-sequence logits and the model's own
   loss (``labels`` masked to the answer, ``num_items_in_batch`` = the step's answer tokens);
-- ours: ``pipeline.packing.plan_step`` + ``pipeline.step.accumulate`` (what ``python -m pipeline finetune``
+- ours: ``pipeline.data.packing.plan_step`` + ``pipeline.train.step.accumulate`` (what ``python -m pipeline finetune``
   runs), with the seed recipe's settings, plus "levers" variants that add one change at a time.
 
     python scripts/bench/train_throughput.py --out bench.json                      # one GPU, 7B shape, NF4
@@ -68,7 +68,7 @@ def step_plan(n: int, per_step: int, steps: int, seed: int) -> list[list[int]]:
 def load_base(spec: str, device: torch.device, nf4: bool):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from pipeline.model import resolve_model
+    from pipeline.model.load import resolve_model
 
     path = resolve_model(spec)
     kwargs: dict[str, Any] = dict(attn_implementation="sdpa",
@@ -88,7 +88,7 @@ def load_base(spec: str, device: torch.device, nf4: bool):
 
 
 def base_params(model) -> int:
-    from pipeline.model import _numel
+    from pipeline.model.load import _numel
 
     return sum(_numel(p) for n, p in model.named_parameters() if "lora_" not in n)
 
@@ -130,7 +130,7 @@ def strip(model, base) -> None:
 
 
 def peer_step(model, examples: list, pad_id: int, device: torch.device, rng: random.Random, micro: int) -> torch.Tensor:
-    from pipeline.batching import collate
+    from pipeline.data.batching import collate
 
     order = list(range(len(examples)))
     rng.shuffle(order)  # random micro-batches, as a random sampler gives
@@ -148,7 +148,7 @@ def peer_step(model, examples: list, pad_id: int, device: torch.device, rng: ran
 
 def legacy_step(module, examples: list, pad_id: int, device: torch.device, micro: int) -> torch.Tensor:
     """The pipeline before issue 13: length-sorted micro-batches of 8, a mean per micro-batch, .item() per micro."""
-    from pipeline.batching import collate
+    from pipeline.data.batching import collate
 
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     chunks = [order[s:s + micro] for s in range(0, len(order), micro)]
@@ -165,8 +165,8 @@ def legacy_step(module, examples: list, pad_id: int, device: torch.device, micro
 
 
 def ours_step(module, examples: list, pad_id: int, device: torch.device, budget: int, packing: bool) -> tuple:
-    from pipeline.packing import plan_step
-    from pipeline.step import accumulate
+    from pipeline.data.packing import plan_step
+    from pipeline.train.step import accumulate
 
     step = plan_step(examples, pad_id, token_budget=budget, packing=packing)
     def auto():
@@ -293,11 +293,11 @@ def run_peer(base, args, ctx: dict) -> dict:
 def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpointing: Any = "auto",
              budget: Any = "auto", packing: bool = False, kernels: Any = "none", cap_gb: Optional[float] = None,
              steps: int = 0) -> dict:
-    from pipeline import memory_plan
-    from pipeline.kernels import apply_kernels
-    from pipeline.model import enable_checkpointing
-    from pipeline.step import AnswerPositionLoss
-    from pipeline.train import AnswerLoss
+    from pipeline.model.kernels import apply_kernels
+    from pipeline.model.load import enable_checkpointing
+    from pipeline.train import memory_plan
+    from pipeline.train.loss import AnswerLoss
+    from pipeline.train.step import AnswerPositionLoss
 
     device = ctx["device"]
     if isinstance(kernels, tuple):  # the kernels study: liger's parts one at a time (cumulative)
@@ -316,7 +316,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     cap = memory_plan.apply_budget(device, cap_gb)
     plan = memory_plan.plan_memory(base.config, free=memory_plan.free_bytes(device, cap), longest=ctx["longest"],
                                    checkpointing=checkpointing, token_budget=budget, fused_swiglu=fused)
-    from pipeline.packing import packing_unsupported
+    from pipeline.data.packing import packing_unsupported
 
     if packing and packing_unsupported("sdpa"):
         print(f"{name}: no packing: {packing_unsupported('sdpa')}", flush=True)
@@ -369,7 +369,7 @@ LEVERS = [  # cumulative: each adds one change to the one above
 
 def recipe_settings(path: Path) -> dict:
     """What ``python -m pipeline finetune`` does by default with this recipe, as run_ours keywords."""
-    from pipeline.config import load_recipe
+    from pipeline.core.config import load_recipe
 
     r = load_recipe(path)
     if r.train.micro_batch_tokens is None:
@@ -413,8 +413,8 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
 def prepare(args) -> dict:
     import importlib.util
 
-    from pipeline.data import load_questions
-    from pipeline.prompts import encode_example
+    from pipeline.data.prompts import encode_example
+    from pipeline.data.questions import load_questions
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     questions = load_questions(args.data)[: args.limit]

@@ -17,10 +17,10 @@ seven=(--recipe "$root/recipes/medqa-qlora-7b.yaml" model.name_or_path=random:ll
 big() { echo "random:llama2-70b:num_hidden_layers=$1"; }
 
 # Build the random checkpoints first, the 70B-shaped ones on the second GPU meanwhile.
-(CUDA_VISIBLE_DEVICES=1 python3 -c "from pipeline.tiny import build_random_model as b; b('$(big 4)'); b('$(big 8)')" \
+(CUDA_VISIBLE_DEVICES=1 python3 -c "from pipeline.model.tiny import build_random_model as b; b('$(big 4)'); b('$(big 8)')" \
     >"$out/build-70b.log" 2>&1) &
 builder=$!
-CUDA_VISIBLE_DEVICES=0 python3 -c "from pipeline.tiny import build_random_model as b; b('random:llama2-7b')" \
+CUDA_VISIBLE_DEVICES=0 python3 -c "from pipeline.model.tiny import build_random_model as b; b('random:llama2-7b')" \
     >"$out/build-7b.log" 2>&1
 CUDA_VISIBLE_DEVICES=0 timeout 120 python3 -m pipeline finetune "${seven[@]}" train.batch_size=8 train.grad_accum=2 \
     "train.output_dir=$out/ddp-1gpu" --plain --overwrite >"$out/ddp-1gpu.log" 2>&1

@@ -35,7 +35,7 @@ print("gpu", torch.cuda.get_device_name(0), "bf16", torch.cuda.is_bf16_supported
 
 # The random 7B checkpoint is built once (on the GPU) and saved; the bench then loads it as any checkpoint.
 start=$SECONDS
-python3 -c "from pipeline.tiny import build_random_model as b; print(b('$model'))" >"$out/build.log" 2>&1 \
+python3 -c "from pipeline.model.tiny import build_random_model as b; print(b('$model'))" >"$out/build.log" 2>&1 \
     || { echo "building $model failed:"; tail -20 "$out/build.log"; exit 1; }
 echo "model ready in $((SECONDS - start)) s" | tee -a "$out/build.log"
 

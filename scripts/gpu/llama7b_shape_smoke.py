@@ -9,7 +9,7 @@ does not: anything about accuracy (the weights are random; the report says so in
     python scripts/gpu/llama7b_shape_smoke.py                      # on a GPU: 7B shape, 10 steps
     python scripts/gpu/llama7b_shape_smoke.py --scale-down         # on a CPU: same code, tiny shape, fp32 fallback
 
-The model is built once by the pipeline itself (model.name_or_path "random:llama2-7b", built by pipeline/tiny.py),
+The model is built once by the pipeline itself (model.name_or_path "random:llama2-7b", built by pipeline/model/tiny.py),
 saved under $KIT_CACHE_DIR/models (13.5 GB for the 7B shape) and then loaded through the ordinary
 from_pretrained + BitsAndBytesConfig path a real checkpoint takes. The data are generated MedQA-layout questions
 padded with clinical filler to about --seq-len tokens, so every batch is full-length (the worst case for memory).
@@ -43,7 +43,7 @@ _OPTIONS = ["Aspirin", "Lisinopril", "Metoprolol", "Atorvastatin", "Nitroglyceri
 
 def write_long_questions(path: Path, rows: int, seq_len: int, seed: int = 0) -> Path:
     """MedQA-layout rows whose prompt is about ``seq_len`` tokens of the random model's tokenizer."""
-    from pipeline.tiny import train_tokenizer
+    from pipeline.model.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(512)
     rng = random.Random(seed)

@@ -56,7 +56,7 @@ def test_image_facts_read_the_manifest_and_image_id(tmp_path):
 def test_run_report_carries_the_image_manifest(tmp_path, monkeypatch):
     import torch
 
-    from pipeline import report
+    from pipeline.report import build as report
 
     path = tmp_path / "manifest.json"
     path.write_text('{"schema": 1, "vendor": "cpu", "revision": "abc"}\n')

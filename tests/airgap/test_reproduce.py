@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.reproduce import compare, margin
+from pipeline.report.reproduce import compare, margin
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ def fake_pipeline(monkeypatch, tmp_path):
             raise report["raise"]
         return dict(report)
 
-    for name, attrs in {"pipeline.tiny": {"build_tiny_model": build_tiny_model},
-                        "pipeline.demo_data": {"write_demo_data": write_demo_data},
-                        "pipeline.train": {"finetune": finetune}}.items():
+    for name, attrs in {"pipeline.model.tiny": {"build_tiny_model": build_tiny_model},
+                        "pipeline.data.demo": {"write_demo_data": write_demo_data},
+                        "pipeline.finetune": {"finetune": finetune}}.items():
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
     return seen, report
 
@@ -74,13 +74,13 @@ def test_a_crashing_finetune_fails_with_its_message(fake_pipeline):
 
 
 def test_missing_pipeline_fails(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pipeline.train", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "pipeline.finetune", None)  # import raises ImportError
     res = P.qlora(make_ctx())
     assert res.status == FAIL and res.value == "pipeline not importable"
 
 
 def test_overrides_form_a_valid_recipe(tmp_path):
-    from pipeline.config import load_recipe
+    from pipeline.core.config import load_recipe
 
     for on_gpu in (True, False):
         recipe = load_recipe(None, P.recipe_overrides(tmp_path / "m", tmp_path / "t.jsonl", tmp_path / "r", on_gpu))

@@ -1,12 +1,12 @@
 """Shared fixtures for the pipeline tests: a tiny random Llama, the real MedQA test file, the demo data.
 
 Fixtures (all CPU, offline):
-- ``tiny_model_dir``: Path of a tiny random Llama + byte-level BPE tokenizer (pipeline.tiny), built once a session.
+- ``tiny_model_dir``: Path of a tiny random Llama + byte-level BPE tokenizer (pipeline.model.tiny), built once a session.
 - ``tiny_tokenizer``: that tokenizer, loaded once a session (it has <s> BOS, </s> EOS, <pad>; adds no BOS itself).
 - ``tiny_model``: a fresh float32 copy of the model in eval mode for each test (cheap: ~0.1 s), so a test that
   trains or changes it cannot affect another.
 - ``medqa_test_path``: tests/data/medqa/us5_test.jsonl, shipped with the tests (or $MEDQA_TEST_FILE).
-- ``demo_data_paths``: (train.jsonl, test.jsonl) from pipeline.demo_data.write_demo_data(seed=0), once a session.
+- ``demo_data_paths``: (train.jsonl, test.jsonl) from pipeline.data.demo.write_demo_data(seed=0), once a session.
 - ``write_jsonl``: write_jsonl(lines, name="data.jsonl") -> Path; each item is a dict (dumped as JSON) or a raw str.
 """
 
@@ -28,7 +28,7 @@ MEDQA_TEST_FILE = PROJECT_ROOT / "tests" / "data" / "medqa" / "us5_test.jsonl"
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.tiny import build_tiny_model
+    from pipeline.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -62,7 +62,7 @@ def medqa_test_path() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_data_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from pipeline.demo_data import write_demo_data
+    from pipeline.data.demo import write_demo_data
 
     return write_demo_data(tmp_path_factory.mktemp("demo"), seed=0)
 

@@ -5,7 +5,7 @@
 Runs lm-eval's own ``medqa_4options`` task (its YAML and doc_to_text, included from the installed package) with
 the dataset swapped for a local SWAG-style JSONL file, through ``HFLM`` (fp32, CPU), and a cloze twin of it whose
 choices are the option texts. Writes, per (model, add_bos, task), every document's log-likelihoods and lm-eval's
-own ``acc`` / ``acc_norm``, for the test to compare with ``pipeline.evaluate``.
+own ``acc`` / ``acc_norm``, for the test to compare with ``pipeline.evaluate.scoring``.
 """
 
 from __future__ import annotations

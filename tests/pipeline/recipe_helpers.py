@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import Recipe, load_recipe
+from pipeline.core.config import Recipe, load_recipe
 
 _DRUGS = [
     ("lisinopril", "ACE inhibitor"), ("enalapril", "ACE inhibitor"), ("losartan", "angiotensin receptor blocker"),

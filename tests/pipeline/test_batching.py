@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from pipeline.batching import LengthGroupedBatches, collate
-from pipeline.data import load_questions
-from pipeline.prompts import encode_example
+from pipeline.data.batching import LengthGroupedBatches, collate
+from pipeline.data.prompts import encode_example
+from pipeline.data.questions import load_questions
 
 
 def take(batches, n):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import stats
 from pipeline.__main__ import main
+from pipeline.report import stats
 
 SECRET_TEXT = "Patient Jane Roe, 54, MRN 0012345"  # question text must never reach a comparison
 
@@ -69,6 +69,19 @@ def test_compare_numbers_match_hand_computation(tmp_path, capsys):
                    "Questions whose answer changed", "`/elsewhere/test.jsonl:21`", "Newcombe"):
         assert needle in md, needle
     assert "difference +0.200" in printed and "McNemar p = 0.0386" in printed
+
+
+def test_compare_without_output_prints_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    run_a, run_b = _pair_of_runs(tmp_path)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["compare", str(run_a), str(run_b)]) == 0
+    printed = capsys.readouterr().out
+    assert "B is more accurate than A" in printed and "Questions whose answer changed" in printed
+    assert "difference +0.200" in printed and "report.md" not in printed.splitlines()[-1]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, "compare wrote files unasked"
 
 
 def test_compare_writes_no_question_text(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Recipe, RecipeError, load_recipe
+from pipeline.core.config import Recipe, RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def test_missing_file_is_a_recipe_error(tmp_path: Path) -> None:
 
 
 def test_add_bos_is_a_checked_choice_and_data_prompt_is_gone() -> None:
-    from pipeline.config import RecipeError, load_recipe
+    from pipeline.core.config import RecipeError, load_recipe
 
     assert load_recipe(None).data.add_bos == "auto"
     assert load_recipe(None, ["data.add_bos=never"]).data.add_bos == "never"

@@ -7,7 +7,7 @@ import typing
 
 import pytest
 
-from pipeline.config import Recipe, RecipeError, load_recipe
+from pipeline.core.config import Recipe, RecipeError, load_recipe
 
 
 def _number_fields():

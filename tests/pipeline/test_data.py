@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.data import DataError, Question, find_overlap, load_questions
+from pipeline.data.questions import DataError, Question, find_overlap, load_questions
 
 GOOD = {
     "question": "Which drug class does lisinopril belong to?",
@@ -163,7 +163,7 @@ def test_find_overlap_normalizes_case_and_whitespace_and_warns(write_jsonl, capl
     train = load_questions(write_jsonl([GOOD, with_(GOOD, question="Unrelated?")], name="train.jsonl"))
     evals = load_questions(write_jsonl([with_(GOOD, question="  which DRUG class does\n lisinopril belong to? "),
                                         with_(GOOD, question="Other?")], name="eval.jsonl"))
-    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.questions"):
         pairs = find_overlap(train, evals)
     assert [(t.source, o.source) for t, o in pairs] == [(train[0].source, evals[0].source)]
     assert "1 question(s) occur in both the training and the evaluation data" in caplog.text

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import lengths
-from pipeline.data import DataError, read_questions
+from pipeline.data import lengths
+from pipeline.data.questions import DataError, read_questions
 
 GOOD = {"question": "Which drug class does lisinopril belong to?", "answer": "ACE inhibitor",
         "options": {"A": "Statin", "B": "ACE inhibitor", "C": "Beta blocker", "D": "Macrolide"}, "answer_idx": "B"}

@@ -134,10 +134,10 @@ def test_sharded_evaluation_equals_one_process(tiny_model_dir, tiny_model, tiny_
     """2 ranks (9 questions: shares of 5 and 4), gathered on rank 0: the same predictions as one process.
 
     On torch 2.3.1 (the images' stack) this hung after writing the result: the process group's destructor held the
-    GIL while a gloo thread needed it (pipeline.compat.let_collective_threads_finish, called by shutdown, is the fix).
+    GIL while a gloo thread needed it (pipeline.core.compat.let_collective_threads_finish, called by shutdown, is the fix).
     """
-    from pipeline.data import load_questions
-    from pipeline.evaluate import evaluate
+    from pipeline.data.questions import load_questions
+    from pipeline.evaluate.scoring import evaluate
 
     out = tmp_path / "sharded.json"
     cmd = [_torchrun(), "--standalone", "--nproc-per-node", "2", str(Path(__file__)), str(tiny_model_dir),
@@ -160,8 +160,9 @@ def _sharded_eval_worker(model_dir: str, data: str, out: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from pipeline.data import load_questions
-    from pipeline.distributed import evaluate_sharded, setup_distributed, shard, shutdown
+    from pipeline.data.questions import load_questions
+    from pipeline.evaluate.sharded import evaluate_sharded
+    from pipeline.train.distributed import setup_distributed, shard, shutdown
 
     dist = setup_distributed(timeout_minutes=5)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

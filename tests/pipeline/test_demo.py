@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_recipe
+from pipeline.core.config import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def test_demo_script_runs_the_demo_recipe_offline():
 @pytest.mark.slow
 def test_smollm2_conversion_loads_as_a_plain_llama(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
-    from pipeline import smollm2
+    from pipeline.model import smollm2
 
     try:
         smollm2.find_gguf()
@@ -48,7 +48,7 @@ def test_smollm2_conversion_loads_as_a_plain_llama(tmp_path, monkeypatch):
     assert "quantization_config" not in config and config["model_type"] == "llama"
     assert config["rope_theta"] == 100000.0 and config["torch_dtype"] == "float32"  # readable by 4.57 too
     assert not list(path.parent.glob(".smollm2-*"))  # no temporary folder left behind
-    from pipeline.model import load_tokenizer
+    from pipeline.model.load import load_tokenizer
 
     tok = load_tokenizer(str(path))
     assert tok.pad_token is not None and len(tok) == 49152
@@ -58,7 +58,7 @@ def test_smollm2_conversion_loads_as_a_plain_llama(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_demo_end_to_end_raises_accuracy(tmp_path):
     """The whole demo (~5-8 min on 2 shared cores): accuracy after training clearly above before and chance."""
-    from pipeline.train import finetune
+    from pipeline.finetune import finetune
 
     recipe = load_recipe(ROOT / "recipes" / "demo-cpu.yaml", [f"train.output_dir={tmp_path / 'demo'}"])
     report = finetune(recipe)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from pipeline.data import find_overlap, load_questions
-from pipeline.demo_data import (
+from pipeline.data.demo import (
     DRUG_CLASSES,
     PATHOGEN_TREATMENTS,
     TEST_DRUG_TEMPLATES,
@@ -16,6 +15,7 @@ from pipeline.demo_data import (
     TRAINED_PATHOGENS,
     write_demo_data,
 )
+from pipeline.data.questions import find_overlap, load_questions
 
 
 def template_pattern(template: str) -> re.Pattern:

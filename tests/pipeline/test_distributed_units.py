@@ -7,10 +7,10 @@ import random
 import pytest
 import torch
 
-from pipeline import checkpoint as ckpt
-from pipeline.config import RecipeError, load_recipe
-from pipeline.distributed import Dist, shard
-from pipeline.errors import UnsupportedError
+from pipeline.core.config import RecipeError, load_recipe
+from pipeline.core.errors import UnsupportedError
+from pipeline.train import checkpoint as ckpt
+from pipeline.train.distributed import Dist, shard
 
 
 class _Adapter:
@@ -81,7 +81,7 @@ def test_the_70b_recipe_loads_and_asks_for_fsdp():
 
 
 def test_fsdp_refuses_cpu_and_checkpoints_naming_the_setting():
-    from pipeline import fsdp
+    from pipeline.train import fsdp
 
     recipe = load_recipe(None, ["distributed.strategy=fsdp", "train.checkpoint_every=0"])
     with pytest.raises(UnsupportedError, match="torch's FSDP needs GPUs"):
@@ -93,7 +93,7 @@ def test_fsdp_refuses_cpu_and_checkpoints_naming_the_setting():
 
 def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
     pytest.importorskip("bitsandbytes")
-    from pipeline.model import Quantization, from_pretrained_kwargs
+    from pipeline.model.load import Quantization, from_pretrained_kwargs
 
     quant = Quantization(True, torch.bfloat16, "nf4", "test")
     fsdp_recipe = load_recipe(None, ["distributed.strategy=fsdp"])
@@ -109,7 +109,7 @@ def test_shutdown_waits_for_collective_threads_only_where_torch_needs_it(monkeyp
     """torch < 2.8 destroys a process group holding the GIL (the hang seen on torch 2.3): give its threads time."""
     import time
 
-    from pipeline.compat import let_collective_threads_finish
+    from pipeline.core.compat import let_collective_threads_finish
 
     slept = []
     monkeypatch.setattr(time, "sleep", slept.append)

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.data import Question, load_questions
-from pipeline.evaluate import EvalResult, evaluate, write_eval
+from pipeline.data.questions import Question, load_questions
+from pipeline.evaluate.scoring import EvalResult, evaluate, write_eval
 
 VOCAB = 128
 LOG_V = math.log(VOCAB)
@@ -232,7 +232,7 @@ def test_on_gpu_shared_prompt_equals_full_and_padding_is_harmless(tiny_model, ti
 
 
 def test_token_budget_batches_and_bad_budget():
-    from pipeline.evaluate import _Item, _prompt_batches
+    from pipeline.evaluate.scoring import _Item, _prompt_batches
 
     items = [_Item([1] * n, [[1]]) for n in (10, 8, 5, 5, 3, 2)]  # already longest first
     order = list(range(len(items)))
@@ -262,7 +262,7 @@ def test_choice_chunks_gather_from_the_prompt_cache_without_deep_copying_it(
     # one prompt cache: a deep copy per chunk (the whole cache: 41 GiB at 32 MedQA prompts on a 7B) must not happen.
     import copy
 
-    import pipeline.evaluate as ev
+    import pipeline.evaluate.scoring as ev
 
     full = evaluate(tiny_model, tiny_tokenizer, mixed_questions, scoring="cloze", batch_size=5, method="full")
     chunks = []
@@ -280,8 +280,8 @@ def test_choice_chunks_gather_from_the_prompt_cache_without_deep_copying_it(
 
 
 def test_cache_rows_selects_rows_and_leaves_the_prompt_cache_whole(tiny_model):
-    from pipeline.compat import returned_cache
-    from pipeline.evaluate import _cache_rows
+    from pipeline.core.compat import returned_cache
+    from pipeline.evaluate.scoring import _cache_rows
 
     out = tiny_model(input_ids=torch.tensor([[5, 6, 7], [8, 9, 10]]), use_cache=True)
     _, cache = returned_cache(out)
@@ -294,7 +294,7 @@ def test_cache_rows_selects_rows_and_leaves_the_prompt_cache_whole(tiny_model):
 
 
 def test_other_caches_are_deep_copied_before_rows_are_selected():
-    from pipeline.evaluate import _cache_rows
+    from pipeline.evaluate.scoring import _cache_rows
 
     cache = NullCache()
     selected = _cache_rows(cache, torch.tensor([0, 0]))

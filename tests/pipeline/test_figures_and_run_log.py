@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from pipeline import figures, run_log, stats
+from pipeline.report import figures, run_log, stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

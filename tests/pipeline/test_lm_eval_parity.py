@@ -2,7 +2,7 @@
 
 lm-eval (the pinned version in requirements/lmeval-parity.txt, installed by scripts/ci/lmeval-env.sh into
 .lmeval-site) runs its own ``medqa_4options`` task, with the dataset swapped for a local file, in a subprocess
-(tests/pipeline/lm_eval_side.py); ``pipeline.evaluate`` scores the same file in this process. Models: tiny random
+(tests/pipeline/lm_eval_side.py); ``pipeline.evaluate.scoring`` scores the same file in this process. Models: tiny random
 Llamas with a tokenizer of each BOS family (tests/pipeline/tokenizer_families.py), whose BPE is trained on the
 MedQA questions so token lengths are realistic. Data: the first 300 questions of the real MedQA US test split,
 made 4-option as medqa_4options is (the gold option and the first three distractors, in their order) and written
@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.data import load_questions
-from pipeline.evaluate import evaluate
-from pipeline.prompts import format_prompt
+from pipeline.data.prompts import format_prompt
+from pipeline.data.questions import load_questions
+from pipeline.evaluate.scoring import evaluate
 
 from .tokenizer_families import FAMILIES, build_family_model
 
@@ -95,7 +95,7 @@ def _ours(parity: dict[str, Any], family: str, add_bos: str, scoring: str) -> li
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pipeline.model import load_tokenizer
+    from pipeline.model.load import load_tokenizer
 
     folder = str(parity["models"][family])
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

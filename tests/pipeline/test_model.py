@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from pipeline import model as model_mod
-from pipeline import train as train_mod
-from pipeline.model import (
+from pipeline.finetune import finetune
+from pipeline.model import load as model_mod
+from pipeline.model.load import (
     AdapterGradientError,
     UnsupportedError,
     adapters_without_gradient,
@@ -20,7 +20,8 @@ from pipeline.model import (
     parse_random_spec,
     resolve_model,
 )
-from pipeline.train import finetune, mean_answer_loss
+from pipeline.train import guard as guard_mod
+from pipeline.train.loss import mean_answer_loss
 
 from .recipe_helpers import tiny_recipe
 
@@ -28,9 +29,9 @@ CPU = torch.device("cpu")
 
 
 def _batch(recipe, tokenizer):
-    from pipeline.batching import collate
-    from pipeline.data import load_questions
-    from pipeline.prompts import encode_example
+    from pipeline.data.batching import collate
+    from pipeline.data.prompts import encode_example
+    from pipeline.data.questions import load_questions
 
     qs = load_questions(recipe.data.train)[:2]
     return collate([encode_example(tokenizer, q, "text", 128) for q in qs], tokenizer.pad_token_id)
@@ -155,7 +156,7 @@ def _broken_guard(monkeypatch):
             return missing + ["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"]
         return missing
 
-    monkeypatch.setattr(train_mod, "adapters_without_gradient", fake)
+    monkeypatch.setattr(guard_mod, "adapters_without_gradient", fake)
 
 
 def test_dead_adapters_on_4bit_fall_back_and_report_why(tiny_model_dir, tmp_path, monkeypatch):

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from kit import atomic
-from pipeline import checkpoint as ckpt
-from pipeline import preflight, run_lock
 from pipeline.__main__ import main, parse_args
-from pipeline.errors import OutputError, UserError
+from pipeline.core import preflight, run_lock
+from pipeline.core.errors import OutputError, UserError
+from pipeline.train import checkpoint as ckpt
 
 from .recipe_helpers import write_questions, write_recipe_file
 
@@ -67,7 +67,7 @@ def _recipe(tmp_path: Path, model_dir: Path, output_dir: Path, steps: int = 4) -
 _HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from pipeline import run_lock
+    from pipeline.core import run_lock
     with run_lock.hold(Path(sys.argv[1])):
         print("locked", flush=True)
         if sys.argv[2] == "die":
@@ -228,10 +228,10 @@ def test_internal_file_not_found_is_a_traceback_not_a_user_error(tmp_path, monke
 
 
 def test_every_user_error_class_derives_from_the_base():
-    from pipeline.config import RecipeError
-    from pipeline.data import DataError
-    from pipeline.errors import ExampleError, ModelNotFoundError, ResumeError
-    from pipeline.model import AdapterGradientError, UnsupportedError
+    from pipeline.core.config import RecipeError
+    from pipeline.core.errors import ExampleError, ModelNotFoundError, ResumeError
+    from pipeline.data.questions import DataError
+    from pipeline.model.load import AdapterGradientError, UnsupportedError
 
     for cls in (RecipeError, DataError, UnsupportedError, AdapterGradientError, ModelNotFoundError, ExampleError,
                 ResumeError, OutputError, run_lock.OutputInUseError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.progress import Progress
+from pipeline.train.progress import Progress
 
 
 def test_plain_lines_every_log_every_and_the_last(capsys):

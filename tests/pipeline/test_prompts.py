@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.data import Question, load_questions
-from pipeline.prompts import (
+from pipeline.data.prompts import (
     IGNORE_INDEX,
     bos_prefix,
     continuations,
@@ -15,6 +14,7 @@ from pipeline.prompts import (
     format_prompt,
     target_text,
 )
+from pipeline.data.questions import Question, load_questions
 
 Q4 = Question(
     "A 60-year-old man takes lisinopril. Which class is it?",
@@ -139,7 +139,7 @@ def test_auto_puts_bos_exactly_where_the_tokenizer_adds_it(families, family, aut
 @pytest.mark.parametrize("family", ["llama", "bytelevel-bos", "gpt2", "no-bos"])
 @pytest.mark.parametrize("add_bos", ["auto", "always", "never"])
 def test_training_and_evaluation_encode_the_prompt_alike(families, family, add_bos):
-    from pipeline.evaluate import _encode
+    from pipeline.evaluate.scoring import _encode
 
     tok = families[family]
     example = encode_example(tok, Q4, "letter", max_length=512, add_bos=add_bos)

@@ -7,8 +7,8 @@ import json
 
 import torch
 
-from pipeline.report import redact
-from pipeline.train import finetune
+from pipeline.finetune import finetune
+from pipeline.report.build import redact
 
 from .recipe_helpers import tiny_recipe
 

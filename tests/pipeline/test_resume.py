@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import checkpoint as ckpt
-from pipeline.train import finetune
+from pipeline.finetune import finetune
+from pipeline.train import checkpoint as ckpt
 
 from .recipe_helpers import tiny_recipe
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import checkpoint as ckpt
-from pipeline.errors import RecipeError, ResumeError
-from pipeline.train import finetune
+from pipeline.core.errors import RecipeError, ResumeError
+from pipeline.finetune import finetune
+from pipeline.train import checkpoint as ckpt
 
 from .recipe_helpers import tiny_recipe, write_questions
 

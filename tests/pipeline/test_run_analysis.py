@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import run_log, stats
 from pipeline.__main__ import main
-from pipeline.run_analysis import analyze, write_run_analysis
-from pipeline.train import finetune
+from pipeline.finetune import finetune
+from pipeline.report import run_log, stats
+from pipeline.report.analysis import analyze, write_run_analysis
 
 from .recipe_helpers import tiny_recipe, write_questions
 

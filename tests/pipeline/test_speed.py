@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.config import RecipeError, load_recipe
-from pipeline.memory_plan import GIB, activation_bytes_per_token, plan_memory
-from pipeline.packing import pack_rows, packed_batch, plan_step, split_by_budget
-from pipeline.prompts import IGNORE_INDEX
+from pipeline.core.config import RecipeError, load_recipe
+from pipeline.data.packing import pack_rows, packed_batch, plan_step, split_by_budget
+from pipeline.data.prompts import IGNORE_INDEX
+from pipeline.train.memory_plan import GIB, activation_bytes_per_token, plan_memory
 
 LLAMA7B = SimpleNamespace(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32)
 
@@ -137,8 +137,8 @@ def test_fused_swiglu_needs_less_memory_per_token():
 def test_kernels_fall_back_on_cpu_and_refuse_when_insisted(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from pipeline.kernels import apply_kernels
-    from pipeline.model import UnsupportedError
+    from pipeline.model.kernels import apply_kernels
+    from pipeline.model.load import UnsupportedError
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     kernels, why = apply_kernels(model, "auto", torch.device("cpu"))
@@ -164,8 +164,8 @@ def test_one_step_same_loss_and_gradients_padded_packed_and_hf(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from pipeline.batching import collate
-    from pipeline.step import AnswerPositionLoss, accumulate
+    from pipeline.data.batching import collate
+    from pipeline.train.step import AnswerPositionLoss, accumulate
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
@@ -187,7 +187,7 @@ def test_one_step_same_loss_and_gradients_padded_packed_and_hf(tiny_model_dir):
             total += float(out.loss.detach())
         return total
 
-    from pipeline.packing import packing_unsupported
+    from pipeline.data.packing import packing_unsupported
 
     ref_loss, ref_grads = _loss_and_grads(model, hf)
     cuts = [(False, 64), (False, 4096)]
@@ -232,7 +232,7 @@ def test_seed_recipe_takes_the_fast_path():
 
 
 def test_finetune_fast_path_learns_and_reports_its_plan(tiny_model_dir, tmp_path):
-    from pipeline.train import finetune
+    from pipeline.finetune import finetune
 
     from .recipe_helpers import tiny_recipe
 
@@ -242,7 +242,7 @@ def test_finetune_fast_path_learns_and_reports_its_plan(tiny_model_dir, tmp_path
     report = finetune(recipe)
     t = report["training"]
     losses = t["losses"]
-    from pipeline.packing import packing_unsupported
+    from pipeline.data.packing import packing_unsupported
 
     assert len(losses) == 12 and t["packing"] is (packing_unsupported("sdpa") is None)
     assert t["memory_plan"]["gradient_checkpointing"] is False and "CPU" in t["memory_plan"]["reason"]
@@ -255,7 +255,7 @@ def test_kernels_refuse_old_torch_on_rocm(tiny_model_dir, monkeypatch):
 
     from transformers import AutoModelForCausalLM
 
-    from pipeline import kernels
+    from pipeline.model import kernels
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     real_find_spec = importlib.util.find_spec
@@ -265,6 +265,55 @@ def test_kernels_refuse_old_torch_on_rocm(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "2.3.1+rocm6.0")
     why = kernels.kernels_unavailable(model, torch.device("cuda", 0))
     assert why is not None and "ROCm needs torch >= 2.5" in why
+
+
+def _liger_that_fails_on_import(monkeypatch, message: str):
+    """A stand-in liger_kernel whose patch API raises on import, as liger-kernel 0.8.5 does under transformers <
+    5.0 (only the import is stood in; the probe and the fallback around it are the real code)."""
+    import importlib.util
+    import sys
+    import types
+
+    from pipeline.model import kernels
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(kernels.importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "liger_kernel" else real_find_spec(name, *a))
+    package = types.ModuleType("liger_kernel")
+    package.__path__ = []
+    monkeypatch.setitem(sys.modules, "liger_kernel", package)
+    broken = types.ModuleType("liger_kernel.transformers")
+
+    def refuse(name):
+        raise ImportError(message)
+
+    broken.__getattr__ = refuse
+    monkeypatch.setitem(sys.modules, "liger_kernel.transformers", broken)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    return kernels
+
+
+def test_auto_kernels_fall_back_when_the_patch_api_refuses_this_transformers(tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    kernels = _liger_that_fails_on_import(monkeypatch, "liger-kernel requires transformers >= 5.0.0, got 4.57.6")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    used, why = kernels.apply_kernels(model, "auto", torch.device("cuda", 0))
+    assert used == "none"
+    assert why.startswith("auto: liger-kernel failed its first launch: ImportError: liger-kernel requires "
+                          "transformers >= 5.0.0"), why
+    with pytest.raises(kernels.UnsupportedError, match="model.kernels is 'liger' but it cannot run here"):
+        kernels.apply_kernels(model, "liger", torch.device("cuda", 0))
+
+
+@pytest.mark.gpu
+def test_first_launch_runs_a_real_fused_kernel_on_the_gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA or ROCm GPU: the probe launches a Triton kernel")
+    pytest.importorskip("liger_kernel", reason="liger-kernel is not installed")
+    from pipeline.model import kernels
+
+    kernels.first_launch(torch.device("cuda", 0))  # raises on an import, launcher or numerical failure
 
 
 @pytest.mark.parametrize("tf, th, attention, ok", [
@@ -277,7 +326,7 @@ def test_kernels_refuse_old_torch_on_rocm(tiny_model_dir, monkeypatch):
 def test_packing_gate_follows_what_transformers_masks(monkeypatch, tf, th, attention, ok):
     import transformers
 
-    from pipeline.packing import packing_unsupported
+    from pipeline.data.packing import packing_unsupported
 
     monkeypatch.setattr(transformers, "__version__", tf)
     monkeypatch.setattr(torch, "__version__", th)
@@ -292,7 +341,7 @@ def test_packed_rows_attend_only_within_their_sequence_where_supported(tiny_mode
     own, run alone; and the gate says so exactly when it holds."""
     from transformers import AutoModelForCausalLM
 
-    from pipeline.packing import packing_unsupported
+    from pipeline.data.packing import packing_unsupported
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
     ex = _examples([7, 5])

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline import stats
+from pipeline.report import stats
 
 
 def test_wilson_interval_of_67_in_100_by_hand():

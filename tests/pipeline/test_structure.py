@@ -20,7 +20,12 @@ LONG_MARK = "# long:"
 
 
 def _modules() -> dict[str, Path]:
-    return {f"pipeline.{p.stem}" if p.stem != "__init__" else "pipeline": p for p in sorted(PIPELINE.glob("*.py"))}
+    """{dotted name: file} for every module of pipeline/ and its stage packages (a package by its name)."""
+    found = {}
+    for path in sorted(PIPELINE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
 
 
 def _functions(tree: ast.AST):
@@ -125,8 +130,9 @@ def test_module_level_imports_of_pipeline_form_no_loop() -> None:
     modules = _modules()
     known = set(modules)
     graph = {name: _module_level_imports(path, known) - {name} for name, path in modules.items()}
-    # The package itself is imported before any submodule; an edge to it is not a loop among modules.
-    graph = {name: deps - {"pipeline"} for name, deps in graph.items()}
+    # A package is imported before any of its submodules; an edge to a package is not a loop among modules.
+    packages = {name for name, path in modules.items() if path.name == "__init__.py"}
+    graph = {name: deps - packages for name, deps in graph.items()}
     loop = _cycle(graph)
     assert not loop, "import loop among pipeline modules: " + " -> ".join(loop)
     assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]  # the detector itself sees a loop
@@ -168,24 +174,24 @@ def test_each_shim_and_decision_has_one_home() -> None:
         assert _files_mentioning(text) == set(), f"{text} outside kit/atomic.py"
     # Synthetic (random-weight) models are built beside each other in tiny.py, never in model.py.
     assert _assignments("RANDOM_PRESETS") == ["tiny.py"]
-    assert "LlamaForCausalLM(" not in (PIPELINE / "model.py").read_text()
+    assert "LlamaForCausalLM(" not in (PIPELINE / "model" / "load.py").read_text()
 
 
 def test_every_compat_shim_names_the_version_it_exists_for() -> None:
-    tree = ast.parse((PIPELINE / "compat.py").read_text())
+    tree = ast.parse((PIPELINE / "core" / "compat.py").read_text())
     shims = [n for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
-    assert shims, "pipeline/compat.py defines no shims"
+    assert shims, "pipeline/core/compat.py defines no shims"
     for shim in shims:
         doc = ast.get_docstring(shim) or ""
         assert ("4.57" in doc or "torch 2.3" in doc) and "Delete" in doc, (
-            f"pipeline/compat.py:{shim.lineno} {shim.name}: its docstring must name the version it exists for and "
+            f"pipeline/core/compat.py:{shim.lineno} {shim.name}: its docstring must name the version it exists for and "
             "when to delete it"
         )
 
 
 def test_finetune_and_evaluate_share_one_report_builder() -> None:
-    # __main__'s evaluate and train.py's FineTuneRun both call report.build_report; neither spells the schema.
-    for name in ("__main__.py", "train.py"):
+    # __main__'s evaluate and finetune.py's FineTuneRun both call report.build_report; neither spells the schema.
+    for name in ("__main__.py", "finetune.py"):
         source = (PIPELINE / name).read_text()
         assert "rep.build_report(" in source, f"pipeline/{name} does not use report.build_report"
         assert '"environment":' not in source, f"pipeline/{name} builds the report's environment by hand"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import train as train_mod
-from pipeline.model import UnsupportedError, load_for_training, lora_parameters
-from pipeline.train import AnswerLoss, finetune
+from pipeline import finetune as train_mod
+from pipeline.finetune import finetune
+from pipeline.model.load import UnsupportedError, load_for_training, lora_parameters
+from pipeline.train.loss import AnswerLoss
 
 from .recipe_helpers import tiny_recipe, write_questions
 
@@ -30,9 +31,9 @@ def test_every_adapter_gets_gradient_in_real_steps(tiny_model_dir, tmp_path):
     B starts at zero), and once one optimizer step has made B non-zero, every lora_A gets gradient too."""
     recipe = tiny_recipe(tiny_model_dir, tmp_path)
     model, tokenizer, _ = load_for_training(recipe, torch.device("cpu"))
-    from pipeline.batching import collate
-    from pipeline.data import load_questions
-    from pipeline.prompts import encode_example
+    from pipeline.data.batching import collate
+    from pipeline.data.prompts import encode_example
+    from pipeline.data.questions import load_questions
 
     qs = load_questions(recipe.data.train)
     batch = collate([encode_example(tokenizer, q, "text", 128) for q in qs[:4]], tokenizer.pad_token_id)
@@ -115,7 +116,7 @@ def test_8bit_optimizer_on_cpu_is_a_clear_error(tiny_model_dir, tmp_path):
 def test_refuses_to_clobber_checkpoints_without_resume(tiny_model_dir, tmp_path):
     recipe = tiny_recipe(tiny_model_dir, tmp_path, extra=["train.checkpoint_every=3"])
     finetune(recipe)
-    from pipeline.config import RecipeError
+    from pipeline.core.config import RecipeError
 
     with pytest.raises(RecipeError, match="--resume"):
         finetune(recipe)
@@ -135,7 +136,7 @@ def test_eval_after_training_writes_predictions(tiny_model_dir, tmp_path):
 
 
 def test_write_questions_helper_is_valid_medqa(tmp_path):
-    from pipeline.data import load_questions
+    from pipeline.data.questions import load_questions
 
     qs = load_questions(write_questions(tmp_path / "q.jsonl", 8))
     assert len(qs) == 8 and {q.answer_idx for q in qs} == set("ABCD")

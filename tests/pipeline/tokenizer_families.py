@@ -1,7 +1,7 @@
 """Tiny tokenizers of each BOS family, trained locally in about a second, and tiny random Llamas that use them.
 
 The families differ exactly where lm-eval's encoding rule and ours could part (BOS handling); their BPE merges
-are learned from pipeline.tiny's small clinical corpus, so MedQA text encodes to many short tokens:
+are learned from pipeline.model.tiny's small clinical corpus, so MedQA text encodes to many short tokens:
 
 - ``llama``: SentencePiece-style (``▁`` word marks, byte fallback), ``LlamaTokenizerFast`` that adds ``<s>`` itself;
 - ``bytelevel-bos``: byte-level BPE whose post-processor adds ``<|begin_of_text|>`` (LLaMA-3 style);
@@ -19,7 +19,7 @@ FAMILIES = ("llama", "bytelevel-bos", "gpt2", "no-bos")
 
 
 def _corpus(texts: Sequence[str]) -> list[str]:
-    from pipeline.tiny import _CORPUS
+    from pipeline.model.tiny import _CORPUS
 
     return [_CORPUS] * 4 + list(texts)
 

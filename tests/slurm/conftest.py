@@ -1,4 +1,4 @@
-"""The tiny random Llama the Slurm job trains (pipeline.tiny), built once for the module's tests."""
+"""The tiny random Llama the Slurm job trains (pipeline.model.tiny), built once for the module's tests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.tiny import build_tiny_model
+    from pipeline.model.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

@@ -1,0 +1,127 @@
+"""Several processes (``torchrun``): who is rank 0, barriers, reductions, gathering, shutdown. A no-op for one.
+
+Plain ``torch.distributed`` rather than accelerate: the kit needs a handful of calls (init, barrier, all_reduce,
+all_gather_object, DDP/FSDP wrapping in train.py), and its own loop already places tensors and decides who writes.
+
+The process-group timeout is a recipe setting (``distributed.timeout_minutes``): every collective, barriers
+included, fails after it instead of hanging forever, so it must exceed the longest stretch one rank can spend
+alone (a checkpoint write on rank 0; evaluation is sharded over all ranks, see ``pipeline.evaluate.sharded``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from pipeline.core.compat import let_collective_threads_finish
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: Optional[str] = None  # "nccl" (NCCL on CUDA, RCCL on ROCm) or "gloo"; None when one process
+    enabled: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def mean(self, value: float, device: torch.device) -> float:
+        return self.sum(value, device) / self.world_size if self.enabled else value
+
+    def sum(self, value: float, device: torch.device) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
+    def max(self, value: float, device: torch.device) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
+
+    def token_mean(self, loss_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the mean loss over every rank's answer tokens.
+
+        DDP and FSDP average gradients over ranks; a rank's own mean (``loss_sum / count``) would weight every
+        rank equally however many answer tokens it had (" A" and " B" can encode to different lengths), so N
+        processes would train differently from one with the same global batch. Scaled by ``world_size / all
+        tokens``, the average is the one-process token mean.
+        """
+        if not self.enabled:
+            return loss_sum / count.clamp(min=1)
+        total = count.detach().to(torch.float64).clone()
+        torch.distributed.all_reduce(total)
+        return loss_sum * (self.world_size / total.clamp(min=1)).to(loss_sum.dtype)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def facts(self) -> dict[str, Any]:
+        """For the report: how many processes, over which backend, how many nodes."""
+        return {"world_size": self.world_size, "backend": self.backend,
+                "nodes": int(os.environ.get("GROUP_WORLD_SIZE", os.environ.get("SLURM_NNODES", "1")) or 1)
+                if self.enabled else 1}
+
+
+def setup_distributed(timeout_minutes: float = 30.0) -> Dist:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK), once."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group(backend=backend,
+                                             timeout=datetime.timedelta(minutes=timeout_minutes))
+    return Dist(rank=torch.distributed.get_rank(), world_size=world_size, local_rank=local_rank,
+                backend=str(torch.distributed.get_backend()), enabled=True)
+
+
+def shutdown(dist: Dist) -> None:
+    """Leave the process group cleanly (torch warns, and NCCL may hang at exit, when nobody calls this)."""
+    if dist.enabled and torch.distributed.is_initialized():
+        let_collective_threads_finish(torch.__version__)
+        torch.distributed.destroy_process_group()
+
+
+def shard(count: int, dist: Dist) -> list[int]:
+    """Indices ``0..count-1`` this rank takes: every ``world_size``-th one, starting at its rank.
+
+    Strided rather than contiguous: a file sorted by length or topic still gives every rank a similar share.
+    """
+    return list(range(dist.rank, count, dist.world_size))
+
+
+def rank_rng_states(dist: Dist) -> list[dict[str, Any]]:
+    """Every rank's RNG state (python, numpy, torch, CUDA), in rank order; collective: all ranks must call it."""
+    from pipeline.train.checkpoint import rng_state
+
+    return dist.gather_objects(rng_state())
+
+
+def reseed_new_rank(seed: int, step: int, dist: Dist) -> None:
+    """A rank the checkpoint has no RNG state for (resumed on more processes): a distinct, reproducible seed."""
+    from pipeline.train.optim import seed_everything
+
+    seed_everything(seed + 1_000_003 * (dist.rank + 1) + step)

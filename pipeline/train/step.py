@@ -1,0 +1,102 @@
+"""One optimizer step's forward/backward over planned micro-batches, with no host synchronization inside.
+
+The loss of a step is the mean cross-entropy over the answer tokens of all its sequences, whatever the cut into
+micro-batches: each micro-batch's summed loss is divided by the step's answer-token count (known on the host
+from the labels) before backward, so one micro-step of 32 sequences and four of 8 give the same gradient. The
+loss is accumulated on the device and read once per optimizer step by the caller.
+
+Host synchronizations avoided (each one drains the GPU's queue, and a 7B step has thousands of small launches):
+no ``.item()`` per micro-step, no ``int(mask.sum())`` token counts (the host already knows them), no boolean
+indexing (``hidden[mask]`` must ask the GPU how many rows it selects): the answer positions are a precomputed
+index tensor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.data.packing import StepBatches
+
+
+class AnswerPositionLoss(torch.nn.Module):
+    """Summed cross-entropy of the output layer applied only at the given flat positions.
+
+    Wraps the (peft) model's decoder and head, so DDP can wrap this module as it wraps ``train.AnswerLoss``.
+    """
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        answer_index: torch.Tensor,
+        answer_target: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                    use_cache=False)[0]
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, answer_index)
+        logits = base.get_output_embeddings()(picked).float()
+        return F.cross_entropy(logits, answer_target, reduction="sum")
+
+
+def accumulate(
+    module: torch.nn.Module,
+    step: StepBatches,
+    device: torch.device,
+    *,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    no_sync: Optional[Callable[[], Any]] = None,
+) -> torch.Tensor:
+    """Forward and backward every micro-batch of ``step``; return the step's mean answer loss (on the device).
+
+    ``no_sync`` (DDP's ``module.no_sync``) is entered for all but the last micro-batch, so gradients are
+    all-reduced once per optimizer step.
+    """
+    count = max(1, step.answer_tokens)
+    total = torch.zeros((), device=device, dtype=torch.float32)
+    last = len(step.micro) - 1
+    for i, micro in enumerate(step.micro):
+        inputs = micro.inputs(device)
+        sync = no_sync() if (no_sync is not None and i < last) else contextlib.nullcontext()
+        with sync:
+            with autocast():
+                loss_sum = module(**inputs)
+            (loss_sum / count).backward()
+        total += loss_sum.detach()
+    return total / count
+
+
+
+
+
+def plan_run(recipe: Any, model: Any, info: Any, longest: int, device: torch.device, budget_bytes: Optional[int]):
+    """The memory plan for this run (after the model is loaded), with checkpointing switched on if it says so."""
+    from pipeline.model.load import enable_checkpointing
+    from pipeline.train.memory_plan import free_bytes, plan_memory
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    plan = plan_memory(base.config, free=free_bytes(device, budget_bytes), longest=longest,
+                       checkpointing=recipe.model.gradient_checkpointing,
+                       token_budget=recipe.train.micro_batch_tokens, fused_swiglu=info.kernels == "liger")
+    if plan.gradient_checkpointing and not info.gradient_checkpointing:
+        info.gradient_checkpointing = enable_checkpointing(model)
+    if recipe.data.packing:
+        from pipeline.data.packing import packing_unsupported
+
+        why_not = packing_unsupported(info.attention)
+        plan.packing = why_not is None
+        plan.packing_reason = "data.packing: rows of sequences end to end" if why_not is None else (
+            f"data.packing falls back to padded micro-batches: {why_not}")
+    else:
+        plan.packing_reason = "data.packing is false"
+    return plan
+__all__ = ["AnswerPositionLoss", "accumulate", "plan_run"]
