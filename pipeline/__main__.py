@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     prep = sub.add_parser("prepare", help="validate the recipe's data; print row counts, contamination, token lengths")
     prep.add_argument("--recipe", required=True)
     prep.add_argument("overrides", nargs="*", metavar="section.key=value")
+    prep.add_argument("--all-warnings", action="store_true", help="list every data warning (default: the first 5)")
 
     fine = sub.add_parser("finetune", help="train a LoRA adapter as the recipe says, then evaluate it")
     fine.add_argument("--recipe", required=True)
@@ -114,6 +115,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     from pipeline.core.errors import UserError
+    from pipeline.core.quiet import quiet_libraries
+
+    quiet_libraries()
 
     try:
         if args.command == "prepare":
@@ -155,6 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
 
     from pipeline.core import preflight
+    from pipeline.data import lengths
     from pipeline.data.questions import read_questions
     from pipeline.evaluate.scoring import evaluate, write_eval
     from pipeline.model.load import choose_device, is_random, load_for_eval, resolve_model
@@ -162,12 +167,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     started, t0 = rep.utc_now(), time.monotonic()
     preflight.check_output_dir(Path(args.output), key="--output")  # before minutes of scoring, not at the write
+    record, record_path = _adapter_record(args)  # before the data: a missing adapter names the step to run first
     loaded = read_questions(args.data)
     questions = loaded.questions
-    for warning in loaded.warnings:
+    for warning in lengths.summarize(loaded.warnings, 5, Path(args.output) / "data-warnings.txt"):
         print(warning, file=sys.stderr)
     device = choose_device(args.device)
-    record, record_path = _adapter_record(args)
     add_bos = args.add_bos or (record or {}).get("add_bos") or "auto"
     model, tokenizer, how = load_for_eval(args.model, args.adapter, device=device, merge=args.merge, record=record)
     result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=args.batch_size, limit=args.limit,
@@ -220,6 +225,11 @@ def _adapter_record(args: argparse.Namespace):
 
     if not args.adapter:
         return None, None
+    if not Path(args.adapter).exists():
+        raise ModelNotFoundError(
+            f"adapter folder {args.adapter} does not exist: a fine-tune writes it (<train.output_dir>/adapter); run "
+            "python -m pipeline finetune first (in the kit's compose setup: make finetune, or make demo)"
+        )
     if not (Path(args.adapter) / "adapter_config.json").is_file():
         raise ModelNotFoundError(
             f"adapter folder {args.adapter} has no adapter_config.json: expected a peft LoRA adapter"
@@ -257,7 +267,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             problems.extend(exc.problems)
             continue
         loaded[role] = read.questions
-        for warning in read.warnings:
+        for warning in read.warnings if args.all_warnings else lengths.summarize(
+                read.warnings, 5, hint=" (--all-warnings lists them)"):
             print(warning)
     if problems:
         raise DataError(problems)
@@ -288,7 +299,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if "eval" in loaded:
         context = _context_length(recipe.model.name_or_path)
         long_rows += lengths.eval_rows_over(loaded["eval"], tokenizer, recipe.eval.scoring, context)
-    for message in lengths.summarize(long_rows):
+    for message in long_rows if args.all_warnings else lengths.summarize(long_rows, 5,
+                                                                         hint=" (--all-warnings lists them)"):
         print(f"warning: {message}")
     print(json.dumps(summary))
     return 0

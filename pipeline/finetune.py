@@ -153,7 +153,8 @@ class FineTuneRun:
         self.examples, self.batcher = encode_training_set(recipe, loaded[1], self.data.train, rank=dist.rank,
                                                           world_size=dist.world_size)
         if dist.main:
-            for message in data_warnings(recipe, loaded[0], loaded[1], self.data):
+            full = self.output_dir / "data-warnings.txt"
+            for message in data_warnings(recipe, loaded[0], loaded[1], self.data, full_list=full):
                 self.out.log(message)
         probe = probe_batch(recipe, self.examples, loaded[1].pad_token_id, self.device, rank=dist.rank,
                             world_size=dist.world_size)

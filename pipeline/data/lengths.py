@@ -10,8 +10,10 @@ fallback never make more tokens than bytes (plus a few special tokens), so the c
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
+from kit import atomic
 from pipeline.data.prompts import continuations, encode_example, encode_pair, format_prompt
 from pipeline.data.questions import Question
 
@@ -53,5 +55,14 @@ def eval_rows_over(questions: Sequence[Question], tokenizer: Any, scoring: str, 
     return messages
 
 
-def summarize(messages: list[str], limit: int = 10) -> list[str]:
-    return messages[:limit] + ([f"... and {len(messages) - limit} more such rows"] if len(messages) > limit else [])
+def summarize(messages: list[str], limit: int = 10, full_list: Optional[Path] = None,
+              hint: str = "") -> list[str]:
+    """The first ``limit`` messages and a count of the rest; all of them written to ``full_list`` (atomically)
+    when there are more, so a long list is one line on screen and still complete somewhere."""
+    if len(messages) <= limit:
+        return list(messages)
+    where = ""
+    if full_list is not None:
+        atomic.write_text(full_list, "\n".join(messages) + "\n")
+        where = f"; all {len(messages)} in {full_list}"
+    return messages[:limit] + [f"... and {len(messages) - limit} more such rows{where}{hint}"]

@@ -84,10 +84,17 @@ def probe_batch(recipe: Recipe, examples: list, pad_id: int, device: torch.devic
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def data_warnings(recipe: Recipe, model: Any, tokenizer: Any, data: Data) -> list[str]:
-    """Repeated questions, and rows that will be cut (file:line, how much) in the train and eval files."""
+def data_warnings(recipe: Recipe, model: Any, tokenizer: Any, data: Data, full_list: Optional[Path] = None,
+                  limit: int = 5) -> list[str]:
+    """Repeated questions, and rows that will be cut (file:line, how much) in the train and eval files: the first
+    ``limit`` of each kind, the rest counted, every one in ``full_list``."""
     rows = lengths.train_rows_over(data.train, tokenizer, recipe.data.target, recipe.data.max_length)
     if data.eval:  # evaluate() bounds prompt + choice by the model's context, as lm-eval does
         context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 4096
         rows += lengths.eval_rows_over(data.eval, tokenizer, recipe.eval.scoring, context)
-    return lengths.summarize(data.warnings) + lengths.summarize([f"warning: {m}" for m in rows])
+    return (lengths.summarize(data.warnings, limit, full_list)
+            + lengths.summarize([f"warning: {m}" for m in rows], limit, _beside(full_list, "-length")))
+
+
+def _beside(path: Optional[Path], suffix: str) -> Optional[Path]:
+    return None if path is None else path.with_name(f"{path.stem}{suffix}{path.suffix}")

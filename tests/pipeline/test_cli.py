@@ -152,9 +152,13 @@ def test_evaluate_adapter_without_run_record_needs_merge(tmp_path, tiny_model_di
 
 def test_evaluate_missing_adapter_is_a_clear_error(tmp_path, tiny_model_dir, capsys):
     data = write_questions(tmp_path / "eval.jsonl", 4)
+    (tmp_path / "empty").mkdir()
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "empty"),
+                 "--data", str(data), "--output", str(tmp_path / "ev"), "--device", "cpu"])
+    assert code == 2 and "has no adapter_config.json" in capsys.readouterr().err
     code = main(["evaluate", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "nothing"),
                  "--data", str(data), "--output", str(tmp_path / "ev"), "--device", "cpu"])
-    assert code == 2 and "adapter_config.json" in capsys.readouterr().err
+    assert code == 2 and "does not exist" in capsys.readouterr().err
 
 
 def test_unreachable_hub_id_is_a_short_error(tmp_path, tiny_model_dir, capsys, monkeypatch):
@@ -173,3 +177,13 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert "lora.rank" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_evaluate_before_any_finetune_names_the_step_to_run_first(tmp_path, capsys):
+    # compose's default evaluate job reads the demo run's adapter and data; before a fine-tune neither exists.
+    code = main(["evaluate", "--model", "smollm2-135m-instruct", "--adapter", str(tmp_path / "runs/demo/adapter"),
+                 "--data", str(tmp_path / "runs/demo/data/test.jsonl"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"adapter folder {tmp_path / 'runs/demo/adapter'} does not exist" in err
+    assert "run python -m pipeline finetune first" in err and "make finetune" in err

@@ -102,3 +102,66 @@ def test_prepare_names_over_long_rows_in_both_files(tmp_path, tiny_model_dir, ca
     out = capsys.readouterr().out
     assert f"warning: {train}:2: " in out and "over data.max_length 128" in out
     assert f"warning: {evals}:2: " in out and "used for evaluation" in out
+
+
+def _repeats(tmp_path: Path, count: int) -> Path:
+    rows = [_row(question=f"Question {i % 3}?") for i in range(count)]  # every row after the third repeats one
+    return _write(tmp_path, ("\n".join(rows) + "\n").encode(), "repeats.jsonl")
+
+
+def test_many_warnings_show_the_first_few_a_count_and_where_all_are(tmp_path):
+    messages = [f"warning: row {i}" for i in range(12)]
+    full = tmp_path / "out" / "data-warnings.txt"
+    shown = lengths.summarize(messages, 5, full)
+    assert shown[:5] == messages[:5]
+    assert shown[5] == f"... and 7 more such rows; all 12 in {full}"
+    assert full.read_text().splitlines() == messages
+    assert lengths.summarize(messages[:5], 5, tmp_path / "none.txt") == messages[:5]
+    assert not (tmp_path / "none.txt").exists(), "a short list needs no file"
+
+
+def test_prepare_summarises_repeats_and_lists_all_on_request(tmp_path, tiny_model_dir, capsys):
+    from pipeline.__main__ import main
+
+    train = _repeats(tmp_path, 40)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name_or_path: '{tiny_model_dir}'}}\ndata: {{train: '{train}'}}\n")
+    assert main(["prepare", "--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("repeats the question") == 5
+    assert "... and 32 more such rows (--all-warnings lists them)" in out
+    assert main(["prepare", "--recipe", str(recipe), "--all-warnings"]) == 0
+    assert capsys.readouterr().out.count("repeats the question") == 37
+
+
+def test_evaluate_writes_every_data_warning_beside_its_results(tmp_path, tiny_model_dir, capsys):
+    from pipeline.__main__ import main
+
+    data = _repeats(tmp_path, 12)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+                 "--limit", "2"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("repeats the question") == 5 and f"all 9 in {out / 'data-warnings.txt'}" in err
+    assert len((out / "data-warnings.txt").read_text().splitlines()) == 9
+
+
+def test_library_noise_is_filtered_and_ours_is_not(caplog):
+    import logging
+
+    from pipeline.core.quiet import quiet_libraries
+
+    quiet_libraries(interactive=True)
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "offline")
+        bnb.warning("something else bitsandbytes says")
+    assert [r.getMessage() for r in caplog.records] == ["something else bitsandbytes says"]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        quiet_libraries(interactive=True)  # re-installs its filters in front of the default
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)
+        warnings.warn("our own deprecation", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["our own deprecation"]
