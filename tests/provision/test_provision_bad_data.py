@@ -22,6 +22,7 @@ FAKE_UBUNTU = {
         "uname -s": "Linux",
         "curl --head": "ok",
         "/proc/uptime": "86400",
+        "id -u": ["uid=0 user=root", "sudo=ok"],  # the privilege check: the run executes as root
     },
     "os_codename": "jammy",
     "verify_gpus": False,
