@@ -74,7 +74,7 @@ def _kernel_args(tuning: Tuning, live: bool) -> OperationMeta:
         )
     else:
         grub = files.file(name="No kernel argument drop-in", path=GRUB_DROP_IN, present=False)
-    if live:
+    if live and grub.will_change:
         # Written or removed alike: grub.cfg keeps the old arguments until update-grub rebuilds it, and the running
         # kernel until the reboot the caller schedules when this changed.
         server.shell(name="Regenerate the grub configuration", commands=["update-grub"], _if=grub.did_change)
@@ -95,7 +95,7 @@ def _numa_balancing(tuning: Tuning, live: bool) -> None:
             server.sysctl(name="NUMA balancing off now", key="kernel.numa_balancing", value=0)
         return
     removed = files.file(name="No NUMA balancing override", path=SYSCTL_FILE, present=False)
-    if live:
+    if live and removed.will_change:
         # Removing the file changes nothing until the next boot: set the live value back too.
         server.shell(name="NUMA balancing back to the kernel default now", commands=[NUMA_RESTORE],
                      _if=removed.did_change)  # fmt: skip
@@ -129,7 +129,7 @@ def _cpu_idle(tuning: Tuning, live: bool) -> None:
             commands=[f"systemctl disable {CPUIDLE_UNIT}", enable_idle_state_command(unit_lines)],
         )
     removed = files.file(name="No CPU idle state unit", path=CPUIDLE_UNIT_PATH, present=False)
-    if live:
+    if live and removed.will_change:  # planned only when there is something to undo: a clean plan otherwise
         systemd.daemon_reload(name="systemd forgets the CPU idle state unit", _if=removed.did_change)
 
 
