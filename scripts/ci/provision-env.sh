@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The control machine's environment for `make provision`: .venv-provision with requirements/provision.txt only
-# (pyinfra, PyYAML and pyinfra's dependencies; a few MB, where the development .venv carries torch and
+# (pyinfra, PyYAML and pyinfra's dependencies; about 90 MB, where the development .venv carries torch and
 # transformers). Idempotent: a stamp holds the hash of the requirements, so an unchanged environment costs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
