@@ -30,6 +30,8 @@ endif
 WHEELS       ?=
 # Extra pyinfra flags for `make provision`, e.g. PROVISION_ARGS="--dry --sudo --limit node1".
 PROVISION_ARGS ?=
+# `make provision` runs in its own small environment (requirements/provision.txt: pyinfra + PyYAML, no torch).
+PROVISION_PYTHON ?= .venv-provision/bin/python
 # Extra CA certificates (TLS-inspecting proxy), passed as a BuildKit secret (never in a layer).
 CA_BUNDLE    ?=
 # Extra flags for `docker buildx build`, e.g. BUILD_FLAGS="--network host --progress plain".
@@ -142,8 +144,8 @@ shell: env ## a shell in the image, same mounts and devices as the jobs
 	$(COMPOSE) run --rm shell
 
 provision: ## provision GPU hosts with pyinfra (PROVISION_ARGS="--dry" shows the plan; docs/provisioning.md)
-	bash scripts/bootstrap.sh
-	.venv/bin/pyinfra provision/inventory.py provision/deploy.py --data kit_image_name=$(REGISTRY)clinical-finetune-kit $(PROVISION_ARGS)
+	bash scripts/ci/provision-env.sh
+	$(PROVISION_PYTHON) -m provision.run --data kit_image_name=$(REGISTRY)clinical-finetune-kit $(PROVISION_ARGS)
 
 demo: ## the embedded demo on this machine's CPU: creates .venv when missing
 	bash scripts/demo.sh

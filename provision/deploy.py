@@ -25,13 +25,21 @@ from provision.deploys.nvidia import (
     nvidia_fabricmanager_running,
 )
 from provision.deploys.rocm import rocm
-from provision.deploys.tuning import mi300x_tuning
+from provision.deploys.tuning import instinct_tuning
 from provision.deploys.verify import reboot_if_needed, verify
 from provision.facts import settings_facts
-from provision.preflight import check_urls_reachable, check_users_exist
+from provision.group_data_sources import check_group_data_paths, cli_group_data_paths
+from provision.preflight import check_gpu_vendor, check_privilege, check_urls_reachable, check_users_exist
 
-# Checked while pyinfra plans, before it changes anything: bad data or an unreachable URL stops the whole run here.
-settings = node_settings.resolve(host.name, host.groups, host.data, facts=settings_facts(host))
+# Checked while pyinfra plans, before it changes anything: bad data, missing privileges, GPUs of the wrong vendor or
+# an unreachable URL stop the whole run here.
+extra_group_data = cli_group_data_paths()
+check_group_data_paths(extra_group_data)
+check_privilege(host)
+settings = node_settings.resolve(
+    host.name, host.groups, host.data, facts=settings_facts(host), extra_group_data=extra_group_data
+)
+check_gpu_vendor(host, settings)
 check_users_exist(host, settings)
 check_urls_reachable(host, settings)
 
@@ -40,7 +48,7 @@ apt_sources(settings.apt_repos, settings.apt_arch, settings.apt_cache_time)
 base_packages(settings)
 if settings.platform == "rocm":
     reboot_changes = [rocm(settings)]
-    reboot_changes += mi300x_tuning(settings)
+    reboot_changes += instinct_tuning(settings)
     docker_engine(settings)
 else:
     reboot_changes = [nvidia_driver(settings)]

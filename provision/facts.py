@@ -240,6 +240,70 @@ class UrlSha256(FactBase):
         return digest if len(digest) == 64 and digest != empty else None
 
 
+# PCI vendor IDs of the GPU makers this kit provisions (the PCI-SIG's assignments; lspci -nn shows the same).
+PCI_GPU_VENDORS = {"0x1002": "AMD", "0x10de": "NVIDIA"}
+# PCI base classes a GPU reports: 0x03 display controller (MI250: 0x0380, H100: 0x0302) and 0x12 processing
+# accelerator (MI300X: 0x1200). Other devices of the same vendor (AMD's CPU side is 0x1022 anyway) are left out.
+PCI_GPU_CLASSES = ("0x03", "0x12")
+SYSFS_PCI_DEVICES = "/sys/bus/pci/devices"
+
+
+class PciGpus(FactBase[list]):
+    """GPUs on the host's PCI bus, from sysfs, before any driver is installed: one dict per device with its
+    address, vendor ("AMD", "NVIDIA" or the raw ID) and vendor:device IDs. [] where sysfs shows none (a chroot)."""
+
+    def command(self) -> str:
+        return (
+            f"for dev in {SYSFS_PCI_DEVICES}/*; do "
+            '[ -r "$dev/class" ] && [ -r "$dev/vendor" ] || continue; '
+            'echo "${dev##*/} $(cat "$dev/class") $(cat "$dev/vendor") $(cat "$dev/device" 2>/dev/null)"; '
+            "done 2>/dev/null || true"
+        )
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def process(self, output: list[str]) -> list:
+        gpus = []
+        for line in output:
+            fields = line.split()
+            if len(fields) < 3 or not fields[1].lower().startswith(PCI_GPU_CLASSES):
+                continue
+            vendor_id = fields[2].lower()
+            device_id = fields[3].lower() if len(fields) > 3 else "?"
+            gpus.append({
+                "address": fields[0],
+                "vendor": PCI_GPU_VENDORS.get(vendor_id, vendor_id),
+                "ids": f"{vendor_id.removeprefix('0x')}:{device_id.removeprefix('0x')}",
+            })  # fmt: skip
+        return gpus
+
+
+class Privilege(FactBase[dict]):
+    """Who the run's commands execute as (uid, user) and whether `sudo -n` would work for that user.
+
+    With pyinfra's --sudo the fact itself runs through sudo, so a working sudo shows as uid 0."""
+
+    def command(self) -> str:
+        return (
+            'echo "uid=$(id -u) user=$(id -un)"; '
+            "if command -v sudo >/dev/null 2>&1; then "
+            "if sudo -n true >/dev/null 2>&1; then echo sudo=ok; else echo sudo=refused; fi; "
+            "else echo sudo=missing; fi"
+        )
+
+    @staticmethod
+    def default() -> dict:
+        return {"uid": None, "user": "", "sudo": "missing"}
+
+    def process(self, output: list[str]) -> dict:
+        values = dict(field.split("=", 1) for line in output for field in line.split() if "=" in field)
+        uid = values.get("uid", "")
+        return {"uid": int(uid) if uid.isdigit() else None, "user": values.get("user", ""),
+                "sudo": values.get("sudo", "missing")}  # fmt: skip
+
+
 def settings_facts(host: Any) -> dict[str, str]:
     """What provision/settings.py needs to know about the host itself: kernel, OS codename, CPU vendor."""
     from pyinfra.facts.server import KernelVersion, LinuxDistribution

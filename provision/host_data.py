@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,21 +40,34 @@ def kit_keys() -> frozenset[str]:
     return frozenset(key for key in namespace if not key.startswith("__"))
 
 
+# Host data keys pyinfra's connectors read outside their `data_meta` tables: the chroot and dockerssh connectors set
+# these in make_names_data() and read them back as host.data.<key>. tests/provision checks each is still in the
+# installed connector's source, so a pyinfra upgrade that drops or renames one fails a test instead of passing typos.
+CONNECTOR_KEYS_OUTSIDE_META: dict[str, tuple[str, ...]] = {
+    "chroot": ("chroot_directory",),
+    "dockerssh": ("docker_image",),
+}
+
+
 @lru_cache(maxsize=1)
-def connector_prefixes() -> tuple[str, ...]:
-    """Prefixes of the host data pyinfra's connectors set and read: ssh_user, chroot_directory, fake_responses..."""
+def connector_keys() -> frozenset[str]:
+    """The exact host data keys pyinfra's installed connectors read (ssh_user, docker_identifier, fake_responses...).
+
+    Exact names, not prefixes: the kit's own Docker settings share the docker_ prefix, and a typo in one of them
+    (docker_key_sha265) must not pass as pyinfra's."""
     from pyinfra.api.connectors import get_all_connectors
 
-    return tuple(f"{name}_" for name in get_all_connectors())
+    keys: set[str] = set()
+    for name, connector in get_all_connectors().items():
+        keys.update(getattr(connector, "data_meta", None) or {})
+        keys.update(CONNECTOR_KEYS_OUTSIDE_META.get(name, ()))
+    return frozenset(keys)
 
 
 def unknown_keys(keys: set[str]) -> list[str]:
     """Keys that are neither ours nor pyinfra's. Names starting with "_" are pyinfra's global arguments (_sudo)."""
-    ours_or_pyinfras = kit_keys()
-    return sorted(
-        key for key in keys
-        if not key.startswith("_") and key not in ours_or_pyinfras and not key.startswith(connector_prefixes())
-    )  # fmt: skip
+    known = kit_keys() | connector_keys()
+    return sorted(key for key in keys if not key.startswith("_") and key not in known)
 
 
 def nearest_key(key: str) -> str | None:
@@ -73,27 +87,42 @@ def data_keys(data: Any) -> set[str]:
 
 
 class HostDataReader:
-    """Reads keys from one host's data; every problem becomes a ProvisionDataError that says where to fix it."""
+    """Reads keys from one host's data; every problem becomes a ProvisionDataError that says where to fix it.
 
-    def __init__(self, host_name: str, group: str, data: Any):
+    `extra_group_data`: the --group-data paths of the run, so a key set in one of them is named by its file."""
+
+    def __init__(self, host_name: str, group: str, data: Any, extra_group_data: Sequence[Path] = ()):
         self.host_name = host_name
         self.group = group
         self._data = data
+        self._extra_group_data = tuple(extra_group_data)
 
-    def where(self) -> str:
+    def where(self, key: str | None = None) -> str:
+        """Where to set or fix `key`: the --group-data file it came from, else the kit's group data files."""
+        if key is not None and self._extra_group_data and key not in self._host_keys():
+            from provision.group_data_sources import defining_file  # imports this module
+
+            file = defining_file(key, self.group, self._extra_group_data)
+            if file is not None and file.parent.resolve() != GROUP_DATA:
+                return f"{file} (from --group-data)"
         return f"{GROUP_DATA_DIR}/{self.group}.py or {GROUP_DATA_DIR}/all.py (or this host's data)"
 
+    def _host_keys(self) -> set[str]:
+        """Keys set for this host itself (the hosts file's data:), which win over any group data file."""
+        host = getattr(self._data, "__dict__", {}).get("host")
+        return set(host.inventory.get_host_data(host.name)) if host is not None else set()
+
     def error(self, key: str, problem: str) -> ProvisionDataError:
-        return ProvisionDataError(f"host {self.host_name}: {key} {problem}; set it in {self.where()}")
+        return ProvisionDataError(f"host {self.host_name}: {key} {problem}; set it in {self.where(key)}")
 
     def reject_unknown_keys(self) -> None:
         for key in unknown_keys(data_keys(self._data)):
             if key in RETIRED_KEYS:
-                raise ProvisionDataError(f"host {self.host_name}: {key} {RETIRED_KEYS[key]}; see {self.where()}")
+                raise ProvisionDataError(f"host {self.host_name}: {key} {RETIRED_KEYS[key]}; see {self.where(key)}")
             nearest = nearest_key(key)
             hint = f"did you mean {nearest}?" if nearest else f"the known keys are in {GROUP_DATA_DIR}/all.py"
             raise ProvisionDataError(
-                f"host {self.host_name}: unknown setting {key!r} ({hint}); fix or remove it in {self.where()}"
+                f"host {self.host_name}: unknown setting {key!r} ({hint}); fix or remove it in {self.where(key)}"
             )
 
     def get(self, key: str) -> Any:

@@ -13,6 +13,21 @@ from provision.settings import ProvisionDataError
 HostEntry = str | tuple[str, dict[str, Any]]
 
 
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        # PyYAML's own message names "<unicode string>"; name the file and the line (1-based) instead.
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(error, "problem", None) or str(error)
+        context, start = getattr(error, "context", None), getattr(error, "context_mark", None)
+        if context and start is not None and start is not mark:
+            context += f" that starts at line {start.line + 1}"
+        detail = f"{problem} ({context})" if context else problem
+        raise ProvisionDataError(f"{where}: not valid YAML: {detail}; fix the hosts file at that line") from None
+
+
 def read_hosts_file(path: Path) -> dict[str, list[HostEntry]]:
     """Groups (mi250, mi300x, nvidia) -> pyinfra host entries. Unknown groups, malformed entries and a file
     without any host are errors."""
@@ -21,7 +36,7 @@ def read_hosts_file(path: Path) -> dict[str, list[HostEntry]]:
             f"{path}: no hosts file; copy provision/hosts.example.yaml to provision/hosts.yaml and list your "
             "nodes under mi250, mi300x or nvidia (or set PROVISION_HOSTS to another file)"
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _load_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ProvisionDataError(f"{path}: expected a mapping of group name -> list of hosts")
     unknown = sorted(set(raw) - PLATFORM_BY_GROUP.keys())

@@ -8,6 +8,7 @@ group_data/all.py (and stack.env for the release, branch and GPU targets), never
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,9 @@ IMAGE_TARGETS = {"rocm": "ROCM_GPU_ARCHS", "cuda": "CUDA_ARCH_LIST"}
 # is on by default); on Intel hosts VT-d must also be switched on (`intel_iommu=on iommu=pt`).
 IOMMU_PASSTHROUGH_ARGS = {"amd": ("iommu=pt",), "intel": ("intel_iommu=on", "iommu=pt")}
 CPU_VENDOR_IDS = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}
+TUNING_KEYS = (
+    "tune_iommu_passthrough", "tune_pci_realloc_off", "tune_numa_balancing_off", "tune_disable_cpu_idle_state",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,13 +132,20 @@ def platform_group(host_name: str, groups: list[str] | set[str]) -> str:
     return gpu_groups[0]
 
 
-def resolve(host_name: str, groups: list[str] | set[str], data: Any, facts: dict[str, str]) -> NodeSettings:
+def resolve(
+    host_name: str,
+    groups: list[str] | set[str],
+    data: Any,
+    facts: dict[str, str],
+    extra_group_data: Sequence[Path] = (),
+) -> NodeSettings:
     """Check a host's data and return what the deploys need.
 
-    `facts` gives kernel (uname -r), codename (/etc/os-release) and cpu_vendor_id (/proc/cpuinfo) of the host."""
+    `facts` gives kernel (uname -r), codename (/etc/os-release) and cpu_vendor_id (/proc/cpuinfo) of the host;
+    `extra_group_data` the run's --group-data paths, so an error names the file a bad value came from."""
     group = platform_group(host_name, groups)
     platform = PLATFORM_BY_GROUP[group]
-    d = HostDataReader(host_name, group, data)
+    d = HostDataReader(host_name, group, data, extra_group_data)
     d.reject_unknown_keys()
     codename = _codename(d, facts)
     kernel = facts.get("kernel", "")
@@ -228,7 +239,7 @@ def _pinned(d: HostDataReader, data_key: str, stack_key: str, known: Any, proble
         source = "" if chosen is not None else f" ({stack_key} in stack.env)"
         raise ProvisionDataError(
             f"host {d.host_name}: {data_key} {value!r}{source} {problem} one of "
-            f"{', '.join(known)} in {d.where()}, or {remedy} to provision/pins.py"
+            f"{', '.join(known)} in {d.where(data_key)}, or {remedy} to provision/pins.py"
         )
     return value
 
@@ -268,9 +279,11 @@ def _tuning(d: HostDataReader, platform: str, kernel: str, facts: dict[str, str]
     numa_off = d.flag("tune_numa_balancing_off")
     idle_state = d.count("tune_disable_cpu_idle_state", optional=True)
     if platform != "rocm" and (iommu or realloc_off or numa_off or idle_state is not None):
+        switches = (iommu, realloc_off, numa_off, idle_state is not None)
+        key = next(k for k, on in zip(TUNING_KEYS, switches, strict=True) if on)
         raise ProvisionDataError(
             f"host {d.host_name}: tune_* settings are AMD's MI300X/MI250 guidance and are only applied to "
-            f"mi250/mi300x hosts; remove them from {d.where()}"
+            f"mi250/mi300x hosts; remove them from {d.where(key)}"
         )
     vendor = _cpu_vendor(d, facts)  # checked even when unused: a wrong value is a mistake either way
     kernel_args = ("pci=realloc=off",) if realloc_off else ()
@@ -307,13 +320,25 @@ def _verification(d: HostDataReader, platform: str) -> dict[str, Any]:
         )
     return {
         "verify_gpus": d.flag("verify_gpus"),
-        "expected_gpu_count": d.count("expected_gpu_count", optional=True),
+        "expected_gpu_count": _expected_gpu_count(d),
         "expected_gpu_archs": _expected_archs(d, platform),
         "kit_image": f"{image_name}:{image_tag}",
         "kit_image_tarball": tarball,
         "verify_kit_image": d.flag("verify_kit_image"),
         "kit_checks_command": d.text("kit_checks_command"),
     }
+
+
+def _expected_gpu_count(d: HostDataReader) -> int | None:
+    count = d.count("expected_gpu_count", optional=True)
+    if count == 0:
+        # The GPU check also requires at least one GPU, so 0 could never pass: refuse it before any change.
+        raise d.error(
+            "expected_gpu_count",
+            "is 0, which no node can pass (the check also needs at least one GPU); set the number of GPUs "
+            "(an MI250 card counts as two), or None to accept any number above zero",
+        )
+    return count
 
 
 def _expected_archs(d: HostDataReader, platform: str) -> tuple[str, ...]:

@@ -34,10 +34,29 @@ def _key_sha256(repo: AptRepo) -> str | None:
     return repo.key_sha256 or host.get_fact(UrlSha256, url=repo.key_url)
 
 
+def pin_path(stem: str) -> str:
+    return f"/etc/apt/preferences.d/{stem}.pref"
+
+
+def pin_files(repos: Iterable[AptRepo]) -> dict[str, AptRepo]:
+    """pin file -> the repository whose pin it holds. Repositories signed by one key with the same pin (AMD's
+    amdgpu and rocm) share one file named after the key; apt applies a `Package: *` pin to every source it
+    matches, so a second identical file would only be a copy to keep in step."""
+    pins: dict[str, AptRepo] = {}
+    for repo in repos:
+        if not repo.pin:
+            continue
+        path = pin_path(repo.keyring)
+        if path in pins and pin_text(pins[path]) != pin_text(repo):
+            path = pin_path(repo.name)  # same key, another pin: it needs a file of its own
+        pins.setdefault(path, repo)
+    return pins
+
+
 @deploy("Vendor apt repository")
 def vendor_apt_repo(repo: AptRepo, arch: str) -> list[OperationMeta]:
-    """Install the repository's key, source and pin; returns the operations so apt can be refreshed on change."""
-    changes = [
+    """Install the repository's key and source; returns the operations so apt can be refreshed on change."""
+    return [
         files.directory(name="/etc/apt/keyrings exists", path="/etc/apt/keyrings", mode="755"),
         files.download(
             name=f"Signing key for {repo.name} ({repo.key_url})",
@@ -53,28 +72,32 @@ def vendor_apt_repo(repo: AptRepo, arch: str) -> list[OperationMeta]:
             mode=APT_FILE_MODE,
         ),
     ]
-    pin_path = f"/etc/apt/preferences.d/{repo.name}.pref"
-    if repo.pin:
-        # Without the pin apt may prefer the distribution's own builds: Debian/Ubuntu ship rocminfo, hipcc and
-        # NVIDIA driver packages with higher version numbers than the vendor's.
-        pin = files.put(
-            name=f"apt pin {repo.name} ({repo.pin_priority})",
-            src=StringIO(pin_text(repo)),
-            dest=pin_path,
-            mode=APT_FILE_MODE,
-        )
-        changes.append(pin)
-    else:
-        changes.append(files.file(name=f"No apt pin for {repo.name}", path=pin_path, present=False))
+
+
+def apt_pins(repos: list[AptRepo]) -> list[OperationMeta]:
+    """One file per distinct pin; any other pin file named after one of these repositories (an earlier run's, or a
+    pin since removed from the data) is deleted."""
+    pins = pin_files(repos)
+    changes = []
+    # Without the pin apt may prefer the distribution's own builds: Debian/Ubuntu ship rocminfo, hipcc and
+    # NVIDIA driver packages with higher version numbers than the vendor's.
+    for path, repo in host.loop(list(pins.items())):
+        changes.append(files.put(name=f"apt pin {repo.pin} ({repo.pin_priority}) in {path}",
+                                 src=StringIO(pin_text(repo)), dest=path, mode=APT_FILE_MODE))  # fmt: skip
+    stale = sorted({pin_path(stem) for repo in repos for stem in (repo.name, repo.keyring)} - set(pins))
+    for path in host.loop(stale):
+        changes.append(files.file(name=f"No apt pin {path}", path=path, present=False))
     return changes
 
 
 @deploy("Vendor apt repositories and package lists")
 def apt_sources(repos: Iterable[AptRepo], arch: str, cache_time: int) -> None:
     """Every vendor source first, then one refresh: an update never runs against a source this run will rewrite."""
+    repos = list(repos)
     changes: list[OperationMeta] = []
     # host.loop: hosts of different vendors run this loop over different repositories; pyinfra needs the loop
     # position to keep the operation order consistent across them.
-    for repo in host.loop(list(repos)):
+    for repo in host.loop(repos):
         changes.extend(vendor_apt_repo(repo, arch))
+    changes.extend(apt_pins(repos))
     apt_lists_current(name="apt package lists are current (every source)", sources=changes, cache_time=cache_time)

@@ -104,7 +104,7 @@ container_toolkit_packages = ["nvidia-container-toolkit"]
 
 # --- Verification -----------------------------------------------------------------------------------------------------
 verify_gpus = True
-expected_gpu_count = None  # e.g. 8; None accepts any number above zero (an MI250 card counts as two GPUs)
+expected_gpu_count = None  # e.g. 8; None accepts any number above zero; 0 is refused (an MI250 card counts as 2)
 # gfx names (AMD) or compute capabilities such as "9.0" (NVIDIA) the node's GPUs may have. None: every target the
 # image is built for (ROCM_GPU_ARCHS / CUDA_ARCH_LIST in stack.env); each group narrows it to its own model.
 expected_gpu_archs = None

@@ -22,6 +22,7 @@ FAKE_UBUNTU = {
         "uname -s": "Linux",
         "curl --head": "ok",
         "/proc/uptime": "86400",
+        "id -u": ["uid=0 user=root", "sudo=ok"],  # the privilege check: the run executes as root
     },
     "os_codename": "jammy",
     "verify_gpus": False,
@@ -29,8 +30,16 @@ FAKE_UBUNTU = {
 }
 
 
-def run_with(tmp_path, groups: dict) -> tuple[int, str]:
-    result = run_pyinfra(write_hosts_file(tmp_path / "hosts.yaml", groups), timeout=120)
+# The PCI scan of provision/facts.py's PciGpus (matched by substring), and what sysfs shows on two kinds of host:
+# address, class, vendor, device. MI250X: display controllers 0x0380 of AMD (0x1002); H100: 0x0302 of NVIDIA.
+PCI_SCAN = "/sys/bus/pci/devices/*"
+MI250_PCI = ["0000:00:00.0 0x060000 0x1022 0x14a4", "0000:29:00.0 0x038000 0x1002 0x740c",
+             "0000:2c:00.0 0x038000 0x1002 0x740c"]  # fmt: skip
+H100_PCI = ["0000:00:00.0 0x060000 0x8086 0x09a2", "0000:18:00.0 0x030200 0x10de 0x2330"]
+
+
+def run_with(tmp_path, groups: dict, *extra: str) -> tuple[int, str]:
+    result = run_pyinfra(write_hosts_file(tmp_path / "hosts.yaml", groups), *extra, timeout=120)
     return result.returncode, result.stdout + result.stderr
 
 
@@ -142,6 +151,41 @@ def test_good_data_runs_to_the_end(tmp_path):
             ),
         ),
         (
+            node(docker_key_sha265="0" * 64, docker_packages=["docker-ce"]),
+            "unknown setting 'docker_key_sha265' (did you mean docker_key_sha256?)",
+        ),
+        (
+            node(docker_packges=["docker-ce"]),
+            "unknown setting 'docker_packges' (did you mean docker_packages?)",
+        ),
+        (
+            node(expected_gpu_count=0),
+            "expected_gpu_count is 0, which no node can pass",
+        ),
+        (
+            node("nvidia", fake_responses={**FAKE_UBUNTU["fake_responses"], PCI_SCAN: MI250_PCI}),
+            (
+                "host @fake/node-01: is in group nvidia (NVIDIA GPUs) but its PCI bus (/sys/bus/pci/devices) shows "
+                "AMD 1002:740c at 0000:29:00.0, AMD 1002:740c at 0000:2c:00.0 and no NVIDIA GPU; nothing was "
+                "installed. move it under mi250 or mi300x in the hosts file"
+            ),
+        ),
+        (
+            node(fake_responses={**FAKE_UBUNTU["fake_responses"], PCI_SCAN: H100_PCI}),
+            "is in group mi300x (AMD GPUs) but its PCI bus (/sys/bus/pci/devices) shows NVIDIA 10de:2330",
+        ),
+        (
+            node(fake_responses={**FAKE_UBUNTU["fake_responses"], "id -u": ["uid=1000 user=bob", "sudo=ok"]}),
+            (
+                "host @fake/node-01: the run executes as bob (uid 1000), not root, and without --sudo; nothing was "
+                "changed. To fix: rerun with --sudo (make provision PROVISION_ARGS=--sudo): sudo -n works for bob"
+            ),
+        ),
+        (
+            node(fake_responses={**FAKE_UBUNTU["fake_responses"], "id -u": ["uid=1000 user=bob", "sudo=refused"]}),
+            "sudo -n true fails for bob (no sudo rights, or sudo wants a password)",
+        ),
+        (
             {"mi250": [], "mi300x": None, "nvidia": []},
             "no hosts: every group (mi250, mi300x, nvidia) is empty",
         ),
@@ -171,6 +215,13 @@ def test_good_data_runs_to_the_end(tmp_path):
         "unknown-cpu-vendor",
         "iommu-without-cpu-vendor",
         "unreachable-repository",
+        "typo-docker-key-checksum",
+        "typo-docker-packages",
+        "zero-gpus-expected",
+        "amd-gpus-under-nvidia",
+        "nvidia-gpus-under-mi300x",
+        "not-root-without-sudo",
+        "not-root-sudo-refused",
         "empty-groups",
         "empty-inventory",
     ],
@@ -180,3 +231,56 @@ def test_bad_data_stops_before_any_operation_with_what_to_set(tmp_path, groups, 
     assert returncode != 0
     assert "pyinfra error" in output and message in " ".join(output.split()), output[-3000:]
     assert "--> Starting operation" not in output
+
+
+def assert_stopped_before_any_operation(returncode: int, output: str, message: str) -> None:
+    assert returncode != 0
+    assert "pyinfra error" in output and message in " ".join(output.split()), output[-3000:]
+    assert "--> Starting operation" not in output
+    assert "Traceback" not in output
+
+
+def test_the_right_vendors_gpus_pass_the_vendor_check(tmp_path):
+    amd = node("mi250", fake_responses={**FAKE_UBUNTU["fake_responses"], PCI_SCAN: MI250_PCI})
+    returncode, output = run_with(tmp_path, amd, "--dry")
+    assert returncode == 0, output[-3000:]
+
+
+def test_a_hosts_file_with_a_yaml_syntax_error_names_file_and_line(tmp_path):
+    hosts = tmp_path / "hosts.yaml"
+    hosts.write_text("mi300x:\n  - name: node-01\n    data: {ssh_user: ubuntu\nnvidia: []\n")
+    result = run_pyinfra(hosts, timeout=120)
+    output = result.stdout + result.stderr
+    assert_stopped_before_any_operation(result.returncode, output, f"{hosts}:4:7: not valid YAML:")
+    assert "flow mapping that starts at line 3" in output and "<unicode string>" not in output
+
+
+def test_group_data_for_a_group_that_does_not_exist_is_refused(tmp_path):
+    extra = tmp_path / "site-data"
+    extra.mkdir()
+    (extra / "mi250x.py").write_text("expected_gpu_count = 8\n")
+    returncode, output = run_with(tmp_path, node(), "--group-data", str(extra))
+    assert_stopped_before_any_operation(
+        returncode, output, f"--group-data {extra}: {extra}/mi250x.py is data for group 'mi250x', which does not exist"
+    )
+
+
+def test_a_group_data_path_that_does_not_exist_is_refused(tmp_path):
+    returncode, output = run_with(tmp_path, node(), "--group-data", str(tmp_path / "nowhere"))
+    assert_stopped_before_any_operation(returncode, output, f"--group-data {tmp_path}/nowhere: no such file or folder")
+
+
+@pytest.mark.parametrize("stem", ["mi300x", "all"])
+def test_a_bad_key_from_a_group_data_folder_names_that_folders_file(tmp_path, stem):
+    extra = tmp_path / "site-data"
+    extra.mkdir()
+    (extra / f"{stem}.py").write_text('amd_key_sha256 = "abc123"\ndocker_packges = ["docker-ce"]\n')
+
+    returncode, output = run_with(tmp_path, node(), "--group-data", str(extra))
+    assert_stopped_before_any_operation(
+        returncode, output, f"fix or remove it in {extra}/{stem}.py (from --group-data)"
+    )
+    (extra / f"{stem}.py").write_text('amd_key_sha256 = "abc123"\n')
+    returncode, output = run_with(tmp_path, node(), "--group-data", str(extra))
+    assert_stopped_before_any_operation(returncode, output, f"set it in {extra}/{stem}.py (from --group-data)")
+    assert "provision/group_data/mi300x.py" not in output

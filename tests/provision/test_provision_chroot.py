@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from provision.deploys.tuning import CPUIDLE_UNIT, GRUB_DROP_IN, SYSCTL_FILE
+
 from . import fake_repo
 from .provision_harness import (
     GPU_USER,
@@ -124,10 +126,11 @@ def test_amd_repositories_keyring_sources_and_pins(deployment):
     assert (root / "etc/apt/sources.list.d/rocm.list").read_text() == (
         f"{signed} {base}/amd/rocm/apt/6.1.2 bookworm main\n"
     )
-    for repo in ("amdgpu", "rocm"):
-        pin = root / f"etc/apt/preferences.d/{repo}.pref"
-        assert "Package: *\nPin: release o=repo.radeon.com\nPin-Priority: 600\n" in pin.read_text()
-        assert pin.stat().st_mode & 0o777 == 0o644  # apt run by a user must read it, or Debian's rocminfo wins
+    # amdgpu and rocm share AMD's key and the same pin: one file, not two identical copies.
+    assert sorted(path.name for path in (root / "etc/apt/preferences.d").glob("*")) == ["rocm.pref"]
+    pin = root / "etc/apt/preferences.d/rocm.pref"
+    assert "Package: *\nPin: release o=repo.radeon.com\nPin-Priority: 600\n" in pin.read_text()
+    assert pin.stat().st_mode & 0o777 == 0o644  # apt run by a user must read it, or Debian's rocminfo wins
 
 
 def test_pins_hold_for_apt_run_by_an_ordinary_user(deployment):
@@ -223,3 +226,29 @@ def test_nvidia_ctk_ran_once_across_both_runs(deployment):
     # It rewrites daemon.json whenever it runs; the deploy only calls it while the runtime is missing.
     log = (deployment.nvidia / "var/log/fake-nvidia-ctk.log").read_text().splitlines()
     assert log == ["runtime configure --runtime=docker"]
+
+
+# --- turning the tuning off again (runs last: it changes the MI300X root) -----------------------------------------
+
+
+def test_turning_the_tuning_off_removes_its_files_and_leaves_no_service_or_kernel_step(deployment, tmp_path):
+    data = amd_host_data(deployment.repos)
+    off = {
+        **data,
+        "tune_iommu_passthrough": False,
+        "tune_pci_realloc_off": False,
+        "tune_numa_balancing_off": False,
+        "tune_disable_cpu_idle_state": None,
+    }
+    hosts = write_hosts_file(tmp_path / "hosts.yaml", {"mi300x": [{"name": f"@chroot/{deployment.amd}", "data": off}]})
+
+    run = run_pyinfra(hosts)
+
+    assert run.returncode == 0, output(run)[-3000:]
+    root = deployment.amd
+    for path in (GRUB_DROP_IN, SYSCTL_FILE, f"/etc/systemd/system/{CPUIDLE_UNIT}"):
+        assert not (root / path.lstrip("/")).exists(), path
+    # A chroot has no kernel, systemd or grub of its own: the live undo steps are for real hosts only.
+    for live_only in ("update-grub", "systemctl", "sysctl -w", "Reboot"):
+        assert live_only not in output(run), live_only
+    assert "MI300X system tuning" in output(run)

@@ -6,6 +6,8 @@ on the commands pyinfra executed and the files it uploaded (see fakehost.py).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
@@ -14,7 +16,14 @@ from provision.deploys.apt_repo import apt_sources
 from provision.deploys.docker import docker_engine
 from provision.deploys.nvidia import nvidia_container_toolkit, nvidia_fabricmanager_running
 from provision.deploys.rocm import PROFILE_FILE, UDEV_RULES_FILE, rocm
-from provision.deploys.tuning import CPUIDLE_UNIT, GRUB_DROP_IN, SYSCTL_FILE, mi300x_tuning
+from provision.deploys.tuning import (
+    CPUIDLE_UNIT,
+    GRUB_DROP_IN,
+    SYSCTL_FILE,
+    cpuidle_unit,
+    enable_idle_state_command,
+    instinct_tuning,
+)
 from provision.deploys.verify import reboot_if_needed, verify
 from provision.facts import EXIT_MARKER, parse_rocminfo
 from provision.operations import apt_lists_current
@@ -82,7 +91,7 @@ def test_rocminfo_without_rocm_is_empty():
 
 
 def test_tuning_on_a_live_host_writes_grub_sysctl_and_unit_and_applies_them():
-    run = run_deploy("mi300x", mi300x_tuning, data=TUNING_ON)
+    run = run_deploy("mi300x", instinct_tuning, data=TUNING_ON)
 
     # An AMD CPU (the fake host's /proc/cpuinfo): AMD's guide gives iommu=pt, not amd_iommu=on.
     assert 'GRUB_CMDLINE_LINUX="${GRUB_CMDLINE_LINUX} pci=realloc=off iommu=pt"' in run.uploads[GRUB_DROP_IN]
@@ -96,23 +105,77 @@ def test_tuning_on_a_live_host_writes_grub_sysctl_and_unit_and_applies_them():
 
 
 def test_tuning_in_a_chroot_writes_files_but_touches_no_kernel_or_service():
-    run = run_deploy("mi300x", mi300x_tuning, data={**TUNING_ON, "in_container_or_chroot": True})
+    run = run_deploy("mi300x", instinct_tuning, data={**TUNING_ON, "in_container_or_chroot": True})
 
     assert GRUB_DROP_IN in run.uploads and SYSCTL_FILE in run.uploads
     for live_only in ("update-grub", "sysctl kernel.numa_balancing=", "systemctl"):
         assert not run.ran(live_only), live_only
 
 
-def test_tuning_is_opt_in_and_removes_what_an_earlier_run_wrote():
+EXISTING_FILE = {"stat -c": "user=root group=root mode=-rw-r--r-- atime=1 mtime=1 ctime=1 size=1 'x'"}
+OLD_CPUIDLE_UNIT = {f"cat /etc/systemd/system/{CPUIDLE_UNIT}": cpuidle_unit(2).splitlines()}
+
+
+@deploy("tuning, then the reboot it asks for")
+def _tuning_then_reboot(settings):
+    reboot_if_needed(settings, instinct_tuning(settings))
+
+
+def position(run, fragment: str) -> int:
+    return next(i for i, command in enumerate(run.commands) if fragment in command)
+
+
+def test_tuning_is_opt_in_and_a_fresh_host_gets_nothing_to_undo():
+    run = run_deploy("mi300x", _tuning_then_reboot, responses={"/proc/uptime": "86400"})
+
+    assert run.uploads == {}
+    for undo in ("update-grub", "sysctl -w", "sysctl --system", "systemctl", "reboot", "cpuidle/state"):
+        assert not run.ran(undo), undo
+
+
+def test_turning_tuning_off_undoes_every_setting_on_a_live_host():
+    """An earlier run wrote the drop-in, the sysctl file and the unit: all three are undone, live values too."""
     run = run_deploy(
-        "mi300x",
-        mi300x_tuning,
-        responses={"stat -c": "user=root group=root mode=-rw-r--r-- atime=1 mtime=1 ctime=1 size=1 'x'"},
+        "mi300x", _tuning_then_reboot, responses={**EXISTING_FILE, **OLD_CPUIDLE_UNIT, "/proc/uptime": "86400"}
     )
 
     assert run.uploads == {}
-    assert run.ran(f"rm -f {GRUB_DROP_IN}") and run.ran(f"rm -f {SYSCTL_FILE}")
-    assert not run.ran("update-grub")
+    # Kernel arguments: the drop-in goes, grub.cfg is regenerated without them, and the host reboots.
+    assert position(run, f"rm -f {GRUB_DROP_IN}") < position(run, "update-grub") < position(run, "reboot")
+    # NUMA balancing: the file goes and the live value returns to the kernel default.
+    assert position(run, f"rm -f {SYSCTL_FILE}") < position(run, "sysctl -w kernel.numa_balancing=1")
+    # CPU idle: disabled while its file still exists, state 2 enabled again, the file removed, systemd reloaded.
+    unit_path = f"/etc/systemd/system/{CPUIDLE_UNIT}"
+    assert position(run, f"systemctl disable {CPUIDLE_UNIT}") < position(run, f"rm -f {unit_path}")
+    assert run.ran("/sys/devices/system/cpu/cpu[0-9]*/cpuidle/state2/disable")
+    assert position(run, f"rm -f {unit_path}") < position(run, "systemctl daemon-reload")
+
+
+def test_turning_tuning_off_in_a_chroot_only_removes_the_files():
+    run = run_deploy(
+        "mi300x",
+        _tuning_then_reboot,
+        data={"in_container_or_chroot": True},
+        responses={**EXISTING_FILE, **OLD_CPUIDLE_UNIT},
+    )
+
+    assert run.ran(f"rm -f {GRUB_DROP_IN}") and run.ran(f"rm -f /etc/systemd/system/{CPUIDLE_UNIT}")
+    for live_only in ("update-grub", "sysctl -w", "sysctl --system", "systemctl", "reboot", "cpuidle/state"):
+        assert not run.ran(live_only), live_only
+
+
+def test_idle_state_reenabled_is_the_one_the_unit_disabled():
+    assert "/cpuidle/state3/disable" in enable_idle_state_command(cpuidle_unit(3).splitlines())
+    assert "/cpuidle/state[0-9]*/disable" in enable_idle_state_command(["[Service]", "ExecStart=/bin/true"])
+
+
+@pytest.mark.parametrize(("group", "label"), [("mi250", "MI250 system tuning"), ("mi300x", "MI300X system tuning")])
+def test_tuning_is_labelled_with_the_hosts_gpu_family(group, label):
+    run = run_deploy(group, instinct_tuning, data=TUNING_ON)
+
+    names = {name for meta in run.state.get_op_order() for name in run.state.op_meta[meta].names}
+    assert any(name.startswith(f"{label} | ") for name in names), names
+    assert not any(other in name for name in names for other in ("MI250", "MI300X") if other not in label)
 
 
 def test_tuning_settings_are_refused_on_nvidia_hosts():
@@ -297,7 +360,7 @@ def test_rocminfo_is_called_by_full_path():
     ids=["amd-cpu", "intel-cpu", "vendor-from-data", "iommu-only"],
 )
 def test_iommu_arguments_follow_the_cpu_vendor_through_grub_cmdline_linux(cpuinfo, data, expected):
-    run = run_deploy("mi300x", mi300x_tuning, data={**TUNING_ON, **data}, responses={"/proc/cpuinfo": cpuinfo})
+    run = run_deploy("mi300x", instinct_tuning, data={**TUNING_ON, **data}, responses={"/proc/cpuinfo": cpuinfo})
     assert f'GRUB_CMDLINE_LINUX="${{GRUB_CMDLINE_LINUX}} {expected}"\n' in run.uploads[GRUB_DROP_IN]
     assert "amd_iommu" not in run.uploads[GRUB_DROP_IN] and "_DEFAULT" not in run.uploads[GRUB_DROP_IN]
     assert run.ran("update-grub")
@@ -305,12 +368,12 @@ def test_iommu_arguments_follow_the_cpu_vendor_through_grub_cmdline_linux(cpuinf
 
 def test_iommu_passthrough_without_a_known_cpu_vendor_is_an_error():
     with pytest.raises(ValueError, match="cpu_vendor is None and the host's /proc/cpuinfo gives vendor_id 'nothing'"):
-        run_deploy("mi300x", mi300x_tuning, data=TUNING_ON, responses={"/proc/cpuinfo": ""})
+        run_deploy("mi300x", instinct_tuning, data=TUNING_ON, responses={"/proc/cpuinfo": ""})
 
 
 def test_the_retired_kernel_argument_list_says_what_replaced_it():
     with pytest.raises(ValueError, match="tune_kernel_args was replaced by tune_iommu_passthrough"):
-        run_deploy("mi300x", mi300x_tuning, data={"tune_kernel_args": ["iommu=pt"]})
+        run_deploy("mi300x", instinct_tuning, data={"tune_kernel_args": ["iommu=pt"]})
 
 
 # --- ROCm device access and paths ------------------------------------------------------------------------------------
@@ -399,11 +462,23 @@ def test_vendor_sources_are_all_written_before_the_one_apt_update():
     }
 
 
-def test_pin_files_are_world_readable():
-    @deploy("sources")
-    def sources(settings):
-        apt_sources(settings.apt_repos, settings.apt_arch, settings.apt_cache_time)
+@deploy("sources")
+def _sources(settings):
+    apt_sources(settings.apt_repos, settings.apt_arch, settings.apt_cache_time)
 
-    run = run_deploy("mi300x", sources)
-    for pin in ("/etc/apt/preferences.d/amdgpu.pref", "/etc/apt/preferences.d/rocm.pref"):
-        assert pin in run.uploads and run.ran(f"chmod 644 {pin}"), pin
+
+def test_pin_files_are_world_readable():
+    run = run_deploy("mi300x", _sources)
+    pin = "/etc/apt/preferences.d/rocm.pref"
+    assert pin in run.uploads and run.ran(f"chmod 644 {pin}"), pin
+
+
+@pytest.mark.parametrize(("group", "pin"), [("mi300x", "rocm.pref"), ("nvidia", "cuda.pref")])
+def test_identical_pins_are_written_once_and_an_earlier_copy_removed(group, pin):
+    earlier_copy = re.compile(r"stat -c .*/etc/apt/preferences\.d/amdgpu\.pref")
+    run = run_deploy(group, _sources, responses={earlier_copy: EXISTING_FILE["stat -c"]})
+
+    pins = sorted(path for path in run.uploads if path.startswith("/etc/apt/preferences.d/"))
+    assert pins == [f"/etc/apt/preferences.d/{pin}"]
+    if group == "mi300x":  # amdgpu and rocm: one key, one pin, one file; an earlier run's copy goes
+        assert run.ran("rm -f /etc/apt/preferences.d/amdgpu.pref")

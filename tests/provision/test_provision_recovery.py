@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from . import fake_repo
-from .provision_harness import amd_host_data, grand_total, prepare_root, run_pyinfra, write_hosts_file
+from .provision_harness import (
+    amd_host_data,
+    grand_total,
+    nvidia_host_data,
+    prepare_root,
+    run_pyinfra,
+    write_hosts_file,
+)
 from .test_provision_chroot import apt_files, installed, output
 
 pytestmark = [pytest.mark.chroot, pytest.mark.slow]
@@ -105,3 +112,40 @@ def test_a_broken_source_is_fixed_by_rerunning_after_the_cache_aged(fake_repos, 
 
     again = run_pyinfra(node(tmp_path, root, good, "good.yaml"))
     assert again.returncode == 0 and grand_total(output(again)).changed == 0, output(again)[-4000:]
+
+
+def fake_pci_gpu(root: Path, address: str, pci_class: str, vendor: str, device: str) -> None:
+    """A GPU as sysfs shows it, under the root's own /sys: a chroot has no sysfs mounted, so the fact reads these."""
+    folder = root / "sys/bus/pci/devices" / address
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, value in (("class", pci_class), ("vendor", vendor), ("device", device)):
+        (folder / name).write_text(value + "\n")
+
+
+def test_amd_gpus_under_the_nvidia_group_are_refused_before_any_change(fake_repos, tmp_path):
+    root = prepare_root(tmp_path / "root", fake_repos)
+    fake_pci_gpu(root, "0000:29:00.0", "0x038000", "0x1002", "0x740c")  # an MI250X GCD
+    fake_pci_gpu(root, "0000:00:18.0", "0x060000", "0x1022", "0x14a4")  # AMD's CPU bridge: not a GPU
+    hosts = write_hosts_file(
+        tmp_path / "hosts.yaml", {"nvidia": [{"name": f"@chroot/{root}", "data": nvidia_host_data(fake_repos)}]}
+    )
+
+    run = run_pyinfra(hosts, timeout=120)
+
+    text = " ".join(output(run).split())
+    assert run.returncode != 0
+    assert (
+        f"host @chroot/{root}: is in group nvidia (NVIDIA GPUs) but its PCI bus (/sys/bus/pci/devices) shows "
+        "AMD 1002:740c at 0000:29:00.0 and no NVIDIA GPU; nothing was installed. move it under mi250 or mi300x"
+    ) in text, text[-3000:]
+    assert "--> Starting operation" not in text
+    assert apt_files(root) == ["etc/apt/sources.list.d/distro.list"]
+    assert not installed(root, "cuda-drivers-550")
+
+    # The same GPUs under an AMD group pass the check (the plan only: nothing changes).
+    hosts = write_hosts_file(
+        tmp_path / "amd.yaml", {"mi250": [{"name": f"@chroot/{root}", "data": amd_host_data(fake_repos)}]}
+    )
+    dry = run_pyinfra(hosts, "--dry", timeout=120)
+    assert dry.returncode == 0, output(dry)[-3000:]
+    assert "MI250 system tuning" in output(dry)
