@@ -114,7 +114,7 @@ def measure_triton_rmsnorm(device, shape: Optional[tuple[int, int]] = None) -> d
     dy = torch.randn(shape, device=device, dtype=torch.bfloat16, generator=gen)
     got = triton_rmsnorm(x, w, dy, T.TRITON_RMSNORM_EPS)
     ref = eager_rmsnorm(x, w, dy, T.TRITON_RMSNORM_EPS)
-    fwd, dx, dw = (rel_err(g, r) for g, r in zip(got, ref))
+    fwd, dx, dw = (rel_err(g, r) for g, r in zip(got, ref, strict=True))
     return {"fwd_rel_err": fwd, "dx_rel_err": dx, "dw_rel_err": dw, "rows": shape[0], "cols": shape[1]}
 
 
