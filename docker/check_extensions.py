@@ -263,7 +263,35 @@ def check_imports() -> list[str]:
         flash_attn = importlib.import_module("flash_attn")
         native = importlib.import_module("flash_attn_2_cuda")  # the compiled module (also its name on ROCm)
         report.append(f"flash_attn {flash_attn.__version__}: {Path(native.__file__).name} loads")
+    if vendor == "rocm":
+        report.append(one_runtime_copy(Path("/proc/self/maps").read_text(), HIP_RUNTIME_LIBRARIES))
     return report
+
+
+# The HIP runtime and the HSA runtime under it: two copies of either in one process are two runtimes.
+HIP_RUNTIME_LIBRARIES = ("libamdhip64.so", "libhsa-runtime64.so")
+
+
+def one_runtime_copy(maps: str, libraries: tuple[str, ...]) -> str:
+    """Which file each runtime library was loaded from (``/proc/self/maps`` text); fails on two copies.
+
+    Why: torch's ROCm wheel bundles its own HIP libraries in torch/lib (unversioned file names, original SONAMEs,
+    found by RPATH), and the extensions were linked against the system's (/opt/rocm/lib). With torch imported
+    first, the dynamic linker matches the extensions' NEEDED entries to torch's already loaded copies by SONAME,
+    so one runtime serves all; a library linked by another SONAME would load a second copy next to it."""
+    paths: dict[str, set[str]] = {name: set() for name in libraries}
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+        path = fields[5].strip() if len(fields) == 6 else ""
+        for name in libraries:
+            if Path(path).name.startswith(name):
+                paths[name].add(path)
+    twice = {name: sorted(found) for name, found in paths.items() if len(found) > 1}
+    if twice:
+        raise ExtensionCheckError(f"two copies of a runtime library in one process: {twice}: the extensions and "
+                                  "torch would run on different HIP runtimes")
+    loaded = ", ".join(f"{name} from {next(iter(found))}" for name, found in paths.items() if found)
+    return f"one copy of each runtime library: {loaded or 'none loaded'}"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

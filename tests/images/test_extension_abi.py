@@ -185,3 +185,23 @@ def test_import_check_passes_here_and_names_the_library():
     pytest.importorskip("bitsandbytes")
     lines = check.check_imports()
     assert any("bitsandbytes" in line and "loads" in line for line in lines)
+
+
+MAPS = """\
+7f00-7f01 r-xp 00000000 08:01 11 /opt/venv/lib/python3.10/site-packages/torch/lib/libamdhip64.so
+7f01-7f02 r--p 00100000 08:01 11 /opt/venv/lib/python3.10/site-packages/torch/lib/libamdhip64.so
+7f02-7f03 r-xp 00000000 08:01 12 /opt/venv/lib/python3.10/site-packages/torch/lib/libhsa-runtime64.so
+7f03-7f04 rw-p 00000000 00:00 0
+7f04-7f05 r-xp 00000000 08:01 13 /opt/venv/lib/python3.10/site-packages/bitsandbytes/libbitsandbytes_rocm61.so
+"""
+
+
+def test_one_hip_runtime_in_the_process_is_reported():
+    line = check.one_runtime_copy(MAPS, check.HIP_RUNTIME_LIBRARIES)
+    assert "libamdhip64.so from /opt/venv/lib/python3.10/site-packages/torch/lib/libamdhip64.so" in line
+
+
+def test_a_second_hip_runtime_copy_fails():
+    maps = MAPS + "7f05-7f06 r-xp 00000000 08:01 14 /opt/rocm-6.1.2/lib/libamdhip64.so.6.1.60102\n"
+    with pytest.raises(check.ExtensionCheckError, match="two copies .*libamdhip64.so"):
+        check.one_runtime_copy(maps, check.HIP_RUNTIME_LIBRARIES)
