@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from checks import thresholds as T
 from checks.core import FAIL, PASS, SKIP, Context, Result, check
-from checks.gpu import gpu_skip_reason, probe
+from checks.gpu import gpu_skip_reason, probe, rel_err
 
 NAME = "numerics.triton_rmsnorm"
 TOOLCHAIN_HINT = ("Triton builds its kernel launcher with a C compiler against Python's headers at the first "
@@ -104,8 +104,6 @@ def eager_rmsnorm(x, w, dy, eps: float) -> tuple[Any, Any, Any]:
 def measure_triton_rmsnorm(device, shape: Optional[tuple[int, int]] = None) -> dict[str, float]:
     """Relative errors of the Triton forward, input gradient and weight gradient against eager float32."""
     import torch
-
-    from checks.numerics import rel_err
 
     shape = shape or T.TRITON_RMSNORM_SHAPE
     gen = torch.Generator(device=device).manual_seed(0)
