@@ -30,7 +30,8 @@ TOOLCHAIN_HINT = ("Triton builds its kernel launcher with a C compiler against P
 def missing_toolchain() -> list[str]:
     """What Triton's launcher build needs and this host lacks (empty: nothing missing).
 
-    Triton looks for $CC, else gcc, else clang (triton/runtime/build.py in 2.3 and 3.x), and includes Python.h
+    Triton looks for $CC, else gcc, else clang (triton/common/build.py in 2.3, triton/runtime/build.py in 3.x),
+    and includes Python.h
     from sysconfig's include path."""
     missing = []
     cc = os.environ.get("CC")
