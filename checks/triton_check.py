@@ -31,8 +31,7 @@ def missing_toolchain() -> list[str]:
     """What Triton's launcher build needs and this host lacks (empty: nothing missing).
 
     Triton looks for $CC, else gcc, else clang (triton/common/build.py in 2.3, triton/runtime/build.py in 3.x),
-    and includes Python.h
-    from sysconfig's include path."""
+    and includes Python.h from sysconfig's include path."""
     missing = []
     cc = os.environ.get("CC")
     if not (shutil.which(cc) if cc else (shutil.which("gcc") or shutil.which("clang"))):
