@@ -86,9 +86,8 @@ help: ## list the targets
 env: ## write or update .env for compose (UID/GID, video/render GIDs, KIT_VENDOR/KIT_TAG, image ID); your lines stay
 	@DOCKER="$(DOCKER)" bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
 
-resolve-digests: ## resolve every *_BASE tag in stack.env to its registry digest (needs a registry), rewrite stack.env
-	python3 docker/resolve_digests.py --docker "$(DOCKER)" stack.env
-	@git diff --stat -- stack.env 2>/dev/null || true
+resolve-digests: ## pin the *_BASE tags in stack.env that have no digest yet (REFRESH=1: every one); prints the diff
+	python3 docker/resolve_digests.py --docker "$(DOCKER)" $(if $(REFRESH),--refresh) stack.env
 
 image-rocm: ## build the ROCm image (FlashAttention compile: hours; WHEELS=dist/wheels-rocm reuses wheels)
 	$(call refuse_placeholders,rocm)

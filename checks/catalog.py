@@ -7,7 +7,7 @@ import each other.
 
 from __future__ import annotations
 
-from checks import access, collectives, numerics, pipeline_check, platform_check  # noqa: F401 (registers)
+from checks import access, collectives, numerics, pipeline_check, platform_check, triton_check  # noqa: F401
 from checks.core import REGISTRY, Check
 
 GROUP_ORDER = ("platform", "access", "numerics", "collectives", "pipeline")  # the table's order, top to bottom

@@ -86,3 +86,9 @@ def gpu_skip_reason(ctx: Context) -> Optional[str]:
     if not p.devices:
         return f"no GPU visible to torch {p.torch_version} ({p.device_error or 'device_count() is 0'})"
     return None
+
+
+def rel_err(got, ref) -> float:
+    """||got - ref|| / ||ref|| in float64: the error measure of every numerical check (here, below them all)."""
+    got, ref = got.detach().double(), ref.detach().double()
+    return float((got - ref).norm() / ref.norm())

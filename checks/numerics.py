@@ -15,15 +15,9 @@ from typing import Any, Callable, Optional
 from checks import thresholds as T
 from checks.build_info import image_build_info
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
-from checks.gpu import Device, gpu_skip_reason, probe
+from checks.gpu import Device, gpu_skip_reason, probe, rel_err
 
 _ORDER = {PASS: 0, SKIP: 1, WARN: 2, FAIL: 3}
-
-
-def rel_err(got, ref) -> float:
-    """||got - ref|| / ||ref|| in float64."""
-    got, ref = got.detach().double(), ref.detach().double()
-    return float((got - ref).norm() / ref.norm())
 
 
 def median_seconds(fn: Callable[[], Any], device, warmup: int, repeats: int) -> float:

@@ -73,3 +73,13 @@ DISK_WARN_BELOW = 50 * GIB
 
 # --- pipeline -------------------------------------------------------------------------------------------------
 PIPELINE_STEPS = 2
+
+# --- Triton (numerics.triton_rmsnorm) ---------------------------------------------------------------------------
+# One RMSNorm over a 7B Llama's hidden size (4096) for 4096 tokens: the shape liger-kernel's RMSNorm sees in
+# training. bf16 inputs and outputs with float32 math inside the kernel, against float32 eager on the same bf16
+# values: only the bf16 rounding of the outputs remains (~2e-3 as a norm ratio, see the bf16 section above), so
+# 1e-2 leaves a 5x margin and still catches wrong math (a missing rstd or weight gives errors of order 1).
+TRITON_RMSNORM_SHAPE = (4096, 4096)
+TRITON_RMSNORM_EPS = 1e-6
+TRITON_RMSNORM_FWD_MAX_REL_ERR = 1e-2
+TRITON_RMSNORM_BWD_MAX_REL_ERR = 1e-2

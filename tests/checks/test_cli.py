@@ -14,7 +14,7 @@ from checks.core import FAIL, PASS, SKIP, WARN, Check, Context, Result
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_CHECKS = {"platform.driver", "numerics.matmul_bf16", "numerics.flash_attention", "numerics.bnb_nf4",
-              "collectives.all_reduce"}
+              "numerics.triton_rmsnorm", "collectives.all_reduce"}
 KEYS = {"name", "status", "value", "detail", "hint", "duration", "data"}
 
 

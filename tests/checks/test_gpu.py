@@ -20,7 +20,8 @@ pytestmark = [
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_CHECKS = ["platform.torch", "platform.driver", "platform.gpus", "numerics.matmul_bf16",
-              "numerics.flash_attention", "numerics.bnb_nf4", "collectives.all_reduce", "pipeline.qlora"]
+              "numerics.flash_attention", "numerics.bnb_nf4", "numerics.triton_rmsnorm", "collectives.all_reduce",
+              "pipeline.qlora"]
 
 
 @pytest.fixture(scope="module")

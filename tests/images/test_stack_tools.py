@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .dockerfiles import ROOT
+from .dockerfiles import ROOT, STACK
 
 spec = importlib.util.spec_from_file_location("resolve_digests", ROOT / "docker" / "resolve_digests.py")
 resolve_digests = importlib.util.module_from_spec(spec)
@@ -66,6 +67,46 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
+OLD = "sha256:" + "cd" * 32
+
+
+def test_resolve_digests_leaves_a_recorded_digest_alone_by_default_and_shows_the_diff(tmp_path, capsys):
+    stack = tmp_path / "stack.env"
+    stack.write_text(STACK_TEXT + f"CUDA_RUNTIME_BASE=ubuntu:22.04@{OLD}\n")
+    assert resolve_digests.main(["--docker", fake_docker(tmp_path, NEW), str(stack)]) == 0
+    lines = stack.read_text().splitlines()
+    assert lines[2] == f"ROCM_BASE=rocm/dev-ubuntu-22.04:6.1.2@{NEW}"  # placeholder: filled
+    assert lines[3] == f"CPU_BASE=debian:bookworm-slim@{NEW}"  # no digest at all: filled
+    assert lines[4] == f"CUDA_RUNTIME_BASE=ubuntu:22.04@{OLD}"  # a recorded digest: untouched
+    assert "ubuntu:22.04" not in (tmp_path / "calls").read_text()  # and not even looked up
+    out = capsys.readouterr().out
+    assert f"-ROCM_BASE=rocm/dev-ubuntu-22.04:6.1.2@{ZERO}" in out and f"+ROCM_BASE=rocm/dev-ubuntu-22.04:6.1.2@{NEW}" in out
+    assert "--- a/stack.env" in out and "placeholder bases only" in out
+
+
+def test_resolve_digests_refresh_looks_up_every_base(tmp_path, capsys):
+    stack = tmp_path / "stack.env"
+    stack.write_text(STACK_TEXT + f"CUDA_RUNTIME_BASE=ubuntu:22.04@{OLD}\n")
+    assert resolve_digests.main(["--docker", fake_docker(tmp_path, NEW), "--refresh", str(stack)]) == 0
+    assert stack.read_text().splitlines()[4] == f"CUDA_RUNTIME_BASE=ubuntu:22.04@{NEW}"
+    assert f"+CUDA_RUNTIME_BASE=ubuntu:22.04@{NEW}" in capsys.readouterr().out
+
+
+def test_resolve_digests_with_nothing_to_do_writes_nothing(tmp_path, capsys):
+    stack = tmp_path / "stack.env"
+    text = f"ROCM_BASE=rocm/dev-ubuntu-22.04:6.1.2@{OLD}\n"
+    stack.write_text(text)
+    assert resolve_digests.main(["--docker", fake_docker(tmp_path, NEW), str(stack)]) == 0
+    assert stack.read_text() == text and not (tmp_path / "calls").exists()
+    assert "0 base digest(s) changed" in capsys.readouterr().out
+
+
+def test_make_resolve_digests_passes_refresh():
+    makefile = (ROOT / "Makefile").read_text()
+    rule = makefile[makefile.index("\nresolve-digests:"):].split("\n\n")[0]
+    assert "$(if $(REFRESH),--refresh)" in rule
+
+
 def test_fetch_git_ref_checks_out_exactly_the_commit(tmp_path):
     upstream = tmp_path / "upstream"
     upstream.mkdir()
@@ -101,3 +142,65 @@ def test_env_update_keeps_the_users_own_lines(tmp_path):
     assert "KIT_TAG=v2" in lines and "KIT_TAG=old" not in lines
     assert sum(line.startswith("KIT_VENDOR=") for line in lines) == 1
     assert not [p for p in tmp_path.iterdir() if p.name != ".env"], "temporary file left behind"
+
+
+# --- ROCm torch and pytorch-triton-rocm: hash-locked outside the uv locks (their index is not PyPI) -----------
+
+INDEX_LOCK = ROOT / "requirements" / "image-rocm-torch-index.txt"
+
+
+def index_pins(text: str) -> dict[str, list[str]]:
+    """name==version -> its --hash values, from a pip requirements file with hashes."""
+    pins: dict[str, list[str]] = {}
+    for entry in re.sub(r"\\\n\s*", " ", text).splitlines():
+        if entry.strip() and not entry.startswith("#"):
+            pin, *opts = entry.split()
+            pins[pin] = [o.split("=", 1)[1] for o in opts if o.startswith("--hash=")]
+    return pins
+
+
+def test_rocm_index_lock_pins_stack_envs_versions_by_hash():
+    pins = index_pins(INDEX_LOCK.read_text())
+    assert set(pins) == {f"torch=={STACK['ROCM_TORCH_VERSION']}", f"pytorch-triton-rocm=={STACK['ROCM_TRITON_VERSION']}"}
+    for pin, hashes in pins.items():
+        assert len(hashes) == 1 and re.fullmatch(r"sha256:[0-9a-f]{64}", hashes[0]), (pin, hashes)
+
+
+def rocm_torch_guard() -> str:
+    """The shell of Dockerfile.rocm's torch stage that vets the index lock before anything is downloaded."""
+    text = (ROOT / "Dockerfile.rocm").read_text()
+    start = text.index("    && index_lock=")
+    end = text.index("    done \\\n", start) + len("    done")
+    return ": \\\n" + text[start:end].replace("/tmp/locks/image-rocm-torch-index.txt", '"$LOCK"') + "\n"
+
+
+def run_guard(tmp_path: Path, lock_text: str) -> subprocess.CompletedProcess:
+    lock = tmp_path / "index.txt"
+    lock.write_text(lock_text)
+    env = {**os.environ, "LOCK": str(lock), "ROCM_TORCH_VERSION": STACK["ROCM_TORCH_VERSION"],
+           "ROCM_TRITON_VERSION": STACK["ROCM_TRITON_VERSION"], "ROCM_TORCH_INDEX_URL": STACK["ROCM_TORCH_INDEX_URL"]}
+    return subprocess.run(["bash", "-c", rocm_torch_guard()], env=env, capture_output=True, text=True)
+
+
+def test_rocm_build_stops_with_a_message_while_the_hashes_are_placeholders(tmp_path):
+    result = run_guard(tmp_path, INDEX_LOCK.read_text()) if ZERO in INDEX_LOCK.read_text() else None
+    if result is None:
+        pytest.skip("the committed index lock has real hashes: the placeholder case is tested below")
+    assert result.returncode == 2 and "all-zero placeholder" in result.stderr and "sha256sum" in result.stderr
+
+
+def test_rocm_build_guard_accepts_filled_hashes_and_refuses_other_versions(tmp_path):
+    filled = INDEX_LOCK.read_text().replace(ZERO, NEW)
+    assert run_guard(tmp_path, filled).returncode == 0
+    moved = filled.replace(f"torch=={STACK['ROCM_TORCH_VERSION']} ", "torch==2.4.0+rocm6.1 ")
+    result = run_guard(tmp_path, moved)
+    assert result.returncode == 2 and f"does not pin 'torch=={STACK['ROCM_TORCH_VERSION']}'" in result.stderr
+    placeholder = filled.replace(NEW, ZERO, 1)
+    assert run_guard(tmp_path, placeholder).returncode == 2
+
+
+def test_rocm_torch_stage_installs_the_index_lock_with_hashes():
+    text = (ROOT / "Dockerfile.rocm").read_text()
+    assert "COPY requirements/image-rocm-torch.lock requirements/image-rocm-torch-index.txt /tmp/locks/" in text
+    install = text[text.index('--require-hashes --index-url "${ROCM_TORCH_INDEX_URL}"'):].split("\n")[1]
+    assert '-r "$index_lock"' in install and "--no-deps" in text[text.index("index_lock=/"):text.index(install)]
