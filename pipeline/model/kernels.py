@@ -39,7 +39,7 @@ def kernels_unavailable(model: Any, device: torch.device) -> str | None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         return f"model_type {model_type!r} has no liger mapping here (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
     try:
-        first_launch(device)
+        first_launch(device, getattr(model, "config", None), getattr(model, "dtype", torch.float32))
     except Exception as exc:  # ImportError, RuntimeError from Triton, a compiler missing, a wrong result
         return f"liger-kernel failed its first launch: {type(exc).__name__}: {_first_line(exc)}"
     return None
@@ -50,15 +50,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else "(no message)"
 
 
-def first_launch(device: torch.device, hidden: int = 256) -> None:
-    """Import the patch API the run will call and launch one fused RMSNorm forward and backward against eager.
+def first_launch(device: torch.device, config: Any = None, dtype: torch.dtype = torch.float32) -> None:
+    """Import the patch API the run will call and launch each fused op once, forward and backward, at the model's
+    sizes (RMSNorm against eager within tolerance; SwiGLU and RoPE must run).
 
-    Raises whatever fails: the import (a liger release that refuses this transformers), Triton's launcher build (no
-    C compiler or Python headers), or a result that differs from eager beyond bf16 rounding.
+    Raises whatever fails: the import (liger 0.8.5 refuses transformers < 5.0 there), Triton's launcher build (no C
+    compiler or Python headers), an op that needs a newer torch (liger 0.6.5-0.8.4 reach for
+    ``torch.distributed.tensor.DTensor`` at the first forward, absent in torch 2.3), or a wrong result.
     """
+    key = (str(device), str(dtype), _sizes(config))
+    if key in _LAUNCHED:
+        return
     from liger_kernel.transformers import apply_liger_kernel_to_llama  # noqa: F401  (the API apply_kernels calls)
     from liger_kernel.transformers.rms_norm import LigerRMSNorm
 
+    hidden, intermediate, heads, kv_heads, head_dim = _sizes(config)
     torch.manual_seed(0)
     x = torch.randn(8, hidden, device=device, dtype=torch.float32, requires_grad=True)
     fused = LigerRMSNorm(hidden, eps=1e-6).to(device)
@@ -69,6 +75,33 @@ def first_launch(device: torch.device, hidden: int = 256) -> None:
     if not torch.allclose(grad_fused, x.grad, rtol=1e-3, atol=1e-3):
         raise RuntimeError("fused RMSNorm gradient differs from eager (max "
                            f"{(grad_fused - x.grad).abs().max().item():.2e})")
+    from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+    from liger_kernel.transformers.rope import liger_rotary_pos_emb
+
+    a, b = (torch.randn(2, intermediate, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    LigerSiLUMulFunction.apply(a, b).float().sum().backward()
+    q = torch.randn(1, heads, 2, head_dim, device=device, dtype=dtype, requires_grad=True)
+    k = torch.randn(1, kv_heads, 2, head_dim, device=device, dtype=dtype, requires_grad=True)
+    cos, sin = torch.ones(1, 2, head_dim, device=device, dtype=dtype), torch.zeros(1, 2, head_dim, device=device,
+                                                                                  dtype=dtype)
+    q_out, k_out = liger_rotary_pos_emb(q, k, cos, sin)
+    (q_out.float().sum() + k_out.float().sum()).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    _LAUNCHED.add(key)
+
+
+_LAUNCHED: set = set()  # (device, dtype, sizes) already launched in this process: the probe costs once
+
+
+def _sizes(config: Any) -> tuple[int, int, int, int, int]:
+    """(hidden, intermediate, heads, kv heads, head dim) of a LLaMA config; small defaults without one."""
+    if config is None:
+        return 256, 512, 4, 4, 64
+    heads = config.num_attention_heads
+    return (config.hidden_size, config.intermediate_size, heads,
+            getattr(config, "num_key_value_heads", None) or heads,
+            getattr(config, "head_dim", None) or config.hidden_size // heads)
 
 
 def _torch_older_than(major: int, minor: int) -> bool:
@@ -87,8 +120,13 @@ def apply_kernels(model: Any, requested: str, device: torch.device) -> tuple[str
         return "none", f"auto: {why_not}"
     from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-    apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                fused_linear_cross_entropy=False, model=model)
+    try:
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False, model=model)
+    except Exception as exc:
+        # After the probe passed, a failure here may leave the model half-patched: no silent fallback.
+        raise UnsupportedError(f"liger-kernel passed its first launch but failed to patch the model "
+                               f"({type(exc).__name__}: {_first_line(exc)}); set model.kernels=none") from exc
     return "liger", f"{'auto: ' if requested == 'auto' else ''}liger-kernel RMSNorm, SwiGLU and RoPE (Triton)"
 
 

@@ -316,6 +316,20 @@ def test_first_launch_runs_a_real_fused_kernel_on_the_gpu():
     kernels.first_launch(torch.device("cuda", 0))  # raises on an import, launcher or numerical failure
 
 
+@pytest.mark.gpu
+def test_auto_kernels_turn_on_for_a_llama_on_the_gpu(tiny_model_dir):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA or ROCm GPU: the kernels are Triton")
+    pytest.importorskip("liger_kernel", reason="liger-kernel is not installed")
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.model import kernels
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).to("cuda")
+    used, why = kernels.apply_kernels(model, "auto", torch.device("cuda", 0))
+    assert used == "liger", why
+
+
 @pytest.mark.parametrize("tf, th, attention, ok", [
     ("5.24.0", "2.13.0+cpu", "sdpa", True),
     ("4.57.6", "2.3.1+cu121", "sdpa", False),  # the images' stack: transformers skips the packed mask there
