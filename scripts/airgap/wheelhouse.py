@@ -6,8 +6,8 @@ Into OUTPUT:
   wheels/    every wheel of the vendor's locks (requirements/image-<vendor>*.lock, image-demo.lock, and
              image-build.lock for the GPU images), fetched by `pip download --require-hashes`: pip refuses any file
              whose sha256 is not the lock's, so the folder holds exactly what the lock names. ROCm also gets torch
-             and pytorch-triton-rocm at stack.env's exact versions from ROCM_TORCH_INDEX_URL (no lock hash exists
-             for them: requirements/image-rocm-torch.in says why; SHA256SUMS records what was fetched).
+             and pytorch-triton-rocm at stack.env's exact versions from ROCM_TORCH_INDEX_URL (their hashes belong in
+             requirements/image-rocm-torch-index.txt, placeholders until filled; SHA256SUMS records what was fetched).
   sources/   the source archives the GPU builds compile: FlashAttention and bitsandbytes at the commits pinned in
              stack.env (ROCm: a shallow fetch of that one commit with its submodules, packed as a deterministic
              tar.gz: sorted names, zero times and owners, so the same commit always gives the same sha256), and the
