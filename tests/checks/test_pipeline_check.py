@@ -101,7 +101,9 @@ def test_the_finetunes_output_stays_off_the_screen_unless_it_fails(fake_pipeline
     import os as _os
 
     _, report = fake_pipeline
-    real = sys.modules["pipeline.train"].finetune
+    # The fixture's fake of the module that holds finetune (its name follows the pipeline's layout).
+    module = next(m for m in sys.modules.values() if isinstance(m, types.SimpleNamespace) and hasattr(m, "finetune"))
+    real = module.finetune
 
     def noisy(recipe):
         for i in range(40):
@@ -109,7 +111,7 @@ def test_the_finetunes_output_stays_off_the_screen_unless_it_fails(fake_pipeline
         _os.write(1, b"Loading weights: 100%\r\n")  # C-level and unbuffered writes too
         return real(recipe)
 
-    monkeypatch.setattr(sys.modules["pipeline.train"], "finetune", noisy)
+    monkeypatch.setattr(module, "finetune", noisy)
     res = P.qlora(make_ctx())
     out, err = capfd.readouterr()
     assert res.status == PASS and out == "" and err == "" and res.data["output_lines"] == 41
