@@ -102,6 +102,13 @@ evaluate_inputs_exist() {
     done
 }
 
+# memlock_valid: compose's own error for a bad value names services.X.ulimits.memlock, not the setting.
+memlock_valid() {
+    local value where
+    IFS=$'\t' read -r value where < <(setting KIT_MEMLOCK -1)
+    [[ "$value" =~ ^(-1|[0-9]+)$ ]] || die "KIT_MEMLOCK=$value ($where): expected -1 (unlimited) or a number of bytes"
+}
+
 # memlock_hint: runc could not set the jobs' locked-memory limit (RLIMIT_MEMLOCK is rlimit type 8).
 memlock_hint() {
     local value where hard example
@@ -155,6 +162,7 @@ main() {
     writable_folder KIT_OUTPUT_DIR ./runs
     writable_folder KIT_CACHE_HOST_DIR ./.cache/kit
     data_folder
+    memlock_valid
     if [[ "${!index}" == evaluate ]]; then
         evaluate_inputs_exist "${@:index+1}"
     fi

@@ -83,6 +83,8 @@ def test_runcs_memlock_error_names_the_setting(kit, tmp_path):
     assert "KIT_MEMLOCK=-1 (.env; -1 is unlimited" in result.stderr and "Set KIT_MEMLOCK in .env" in result.stderr
     other = wrapper(kit, fake_docker(tmp_path, stderr="no such image", status=1), "check")
     assert other.returncode == 1 and "KIT_MEMLOCK" not in other.stderr
+    bad = wrapper(kit, docker, "check", env={"KIT_MEMLOCK": "64g"})
+    assert bad.returncode == 2 and "KIT_MEMLOCK=64g (the environment): expected -1" in bad.stderr
 
 
 def test_an_output_folder_the_user_cannot_write_is_named(kit, tmp_path):
