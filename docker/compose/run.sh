@@ -131,11 +131,14 @@ HINT
 
 # run_compose COMMAND...: run it, copying its stderr aside to recognise runc's rlimit error afterwards.
 run_compose() {
-    local status=0
+    local status
     stderr_copy="$(mktemp "${TMPDIR:-/tmp}/kit-compose-run.XXXXXX")"
     trap 'rm -f "$stderr_copy"' EXIT
-    "$@" 2> >(tee "$stderr_copy" >&2) || status=$?
-    wait $! 2>/dev/null || true  # tee's last lines reach the terminal before any hint
+    # stdout stays the terminal (fd 3: an interactive shell keeps its TTY); stderr goes through tee, and the
+    # pipeline ends only when tee has written everything (a process substitution would race the grep below).
+    set +e
+    { "$@" 2>&1 1>&3 3>&- | tee "$stderr_copy" >&2; status=${PIPESTATUS[0]}; } 3>&1
+    set -e
     if [[ $status -ne 0 ]] && grep -q "error setting rlimit type 8" "$stderr_copy"; then
         memlock_hint
     fi
