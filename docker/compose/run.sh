@@ -28,7 +28,12 @@ setting() {
     fi
     if [[ -f .env ]]; then
         value="$(grep -E "^${name}=" .env | tail -n 1 | cut -d= -f2- || true)"
-        value="${value%\"}"; value="${value#\"}"; value="${value%\'}"; value="${value#\'}"
+        case "$value" in
+            \"*\"|\'*\') value="${value:1:${#value}-2}" ;;
+            *)  # compose's .env: " # ..." after an unquoted value is a comment; trailing blanks go too
+                value="${value%%[[:space:]]#*}"
+                value="${value%"${value##*[![:space:]]}"}" ;;
+        esac
     fi
     if [[ -n "$value" ]]; then
         printf '%s\t%s\n' "$value" ".env"
@@ -92,12 +97,14 @@ evaluate_inputs_exist() {
         esac
         shift
     done
+    local first="Run 'make finetune' first (or 'make demo' on this machine's CPU): it writes the adapter and the"
+    first+=" held-out questions under runs/demo/ that evaluate's default arguments read."
+    [[ ${#paths[@]} -eq 2 && "${paths[0]}" == runs/demo/adapter ]] ||
+        first="Fine-tune the run that writes it first (make finetune ARGS=\"--recipe ... train.output_dir=runs/...\")."
     for path in "${paths[@]}"; do
         [[ "$path" == runs/* ]] || continue
         if [[ ! -e "$output/${path#runs/}" ]]; then
-            die "evaluate: $path does not exist yet ($output/${path#runs/}): nothing has been fine-tuned there." \
-                "Run 'make finetune' first (or 'make demo' on this machine's CPU): it writes the adapter and the" \
-                "held-out questions under runs/demo/ that evaluate's default arguments read."
+            die "evaluate: $path does not exist yet ($output/${path#runs/}): nothing has been fine-tuned there. $first"
         fi
     done
 }

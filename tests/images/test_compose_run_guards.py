@@ -60,6 +60,9 @@ def test_a_mistyped_data_dir_is_named_and_not_created(kit, tmp_path):
     assert "KIT_DATA_DIR=./dta/medqa (.env)" in result.stderr and str(kit / "dta/medqa") in result.stderr
     assert not (tmp_path / "docker.log").exists(), "no container may start"
     # The environment wins over .env, as in compose.
+    (kit / ".env").write_text("KIT_DATA_DIR=./dta  # my data\n")  # compose's .env comment syntax
+    result = wrapper(kit, docker, "finetune")
+    assert result.returncode == 2 and "KIT_DATA_DIR=./dta (.env)" in result.stderr
     result = wrapper(kit, docker, "finetune", env={"KIT_DATA_DIR": "/nonexistent/medqa"})
     assert result.returncode == 2 and "KIT_DATA_DIR=/nonexistent/medqa (the environment)" in result.stderr
 
@@ -70,7 +73,7 @@ def test_evaluate_before_any_finetune_says_what_to_run(kit, tmp_path):
     assert result.returncode == 2 and "make finetune" in result.stderr and "make demo" in result.stderr
     assert "runs/demo/adapter" in result.stderr
     named = wrapper(kit, docker, "evaluate", "--adapter", "runs/mine/adapter", "--data=/data/test.jsonl")
-    assert named.returncode == 2 and "runs/mine/adapter" in named.stderr
+    assert named.returncode == 2 and "runs/mine/adapter" in named.stderr and "runs/demo" not in named.stderr
     (kit / "runs/mine/adapter").mkdir(parents=True)
     assert wrapper(kit, docker, "evaluate", "--adapter", "runs/mine/adapter", "--data=/data/t.jsonl").returncode == 0
 
