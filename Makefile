@@ -44,7 +44,16 @@ SAVE_NAME    ?= clinical-finetune-kit-$(TAG)-$(VENDOR)
 
 comma := ,
 PLACEHOLDER_DIGEST := sha256:0000000000000000000000000000000000000000000000000000000000000000
+# The commit the image is built from; with uncommitted changes (tracked or new, not ignored files) it says so:
+# <commit>-dirty-<first 12 hex of the sha256 of the diff against HEAD and the new files' names and contents>, so a
+# label, manifest or run report never claims a commit whose code it did not run. Override: make ... VCS_REF=x
 VCS_REF := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+VCS_DIRTY := $(shell test -n "$$(git status --porcelain 2>/dev/null)" && { git diff HEAD --binary; \
+	git ls-files --others --exclude-standard | while read -r f; do echo "$$f"; cat -- "$$f"; done; } 2>/dev/null \
+	| sha256sum | cut -c1-12)
+ifneq ($(VCS_DIRTY),)
+VCS_REF := $(VCS_REF)-dirty-$(VCS_DIRTY)
+endif
 # The source label names the public repository: a remote that is a local path (a worktree, a mirror) is not one,
 # and credentials in a URL are dropped.
 SOURCE_URL := $(shell git remote get-url origin 2>/dev/null | sed -E 's#//[^/@]*@#//#' | grep -E '^(https?|ssh|git)://|^[^/]+@[^/]+:' || true)
@@ -83,8 +92,9 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: VENDOR=cpu|rocm|cuda REGISTRY TAG WHEELHOUSE WHEELS TORCH_WHEELS CA_BUNDLE BUILD_FLAGS MAX_JOBS, and any stack.env key"
 
+ENV_UPDATE = DOCKER="$(DOCKER)" bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
 env: ## write or update .env for compose (UID/GID, video/render GIDs, KIT_VENDOR/KIT_TAG, image ID); your lines stay
-	@DOCKER="$(DOCKER)" bash docker/compose-env.sh --update .env $(VENDOR) $(TAG) "$(REGISTRY)"
+	@$(ENV_UPDATE)
 
 resolve-digests: ## pin the *_BASE tags in stack.env that have no digest yet (REFRESH=1: every one); prints the diff
 	python3 docker/resolve_digests.py --docker "$(DOCKER)" $(if $(REFRESH),--refresh) stack.env
@@ -115,7 +125,8 @@ push: ## push $(IMAGE) (VENDOR=..., REGISTRY=host/path/ required)
 	@test -n "$(REGISTRY)" || { echo "push: set REGISTRY=host/path/ (with the trailing slash)" >&2; exit 2; }
 	$(DOCKER) push $(IMAGE)
 
-wheelhouse: ## on a connected machine: every wheel + pinned source archive the VENDOR image needs, with SHA256SUMS
+wheelhouse: ## on a connected machine: every wheel + pinned source archive the VENDOR image needs, with SHA256SUMS (creates .venv)
+	bash scripts/bootstrap.sh
 	$(PYTHON) scripts/airgap/wheelhouse.py --vendor $(VENDOR) --output $(DIST)/wheelhouse
 
 save: ## write $(IMAGE) to dist/ as .tar.gz + .sha256 + .json (image ID, digests, labels), for air-gapped hosts
@@ -126,20 +137,33 @@ load: ## load $(IMAGE) from dist/: checks the sha256, then that the loaded image
 
 base-local: ## no registry: make a Debian 12 + Python base from Debian packages (debootstrap) and print its tag
 	@bash scripts/ci/docker-cpu-base.sh
-	@echo "then: make image-cpu CPU_BASE=$${CKIT_CPU_BASE_TAG:-ckit-ci/bookworm-python:3.11} (docs/airgap.md)" >&2
+	@echo "then build the CPU image on it (docs/airgap.md, 'The base image without a registry'):" >&2
+	@echo "  make image-cpu CPU_BASE=$${CKIT_CPU_BASE_TAG:-ckit-ci/bookworm-python:3.11} BUILD_FLAGS=\"--network host\" CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt TORCH_WHEELS=DIR" >&2
+	@echo "  BUILD_FLAGS=\"--network host\": an engine without a bridge network (leave it out where builds have one)" >&2
+	@echo "  CA_BUNDLE: behind a TLS-inspecting proxy, its CA certificates (a build secret, never in a layer)" >&2
+	@echo "  TORCH_WHEELS=DIR holding the torch CPU wheel, or WHEELHOUSE=dist/wheelhouse (make wheelhouse): needed where" >&2
+	@echo "  $(CPU_TORCH_INDEX_URL) is unreachable; without either, pip retries it for about 80 s, then fails" >&2
 
-COMPOSE = KIT_VENDOR=$(VENDOR) KIT_TAG=$(TAG) KIT_REGISTRY=$(REGISTRY) $(DOCKER) compose
+# The run targets go through docker/compose/run.sh: it creates the bound folders as you first (else dockerd would
+# make them root's), names a mistyped KIT_DATA_DIR, says to fine-tune before evaluating the demo run, and explains
+# runc's "error setting rlimit type 8" with the setting that fixes it (KIT_MEMLOCK in .env). Each first rewrites
+# .env's computed keys as `make env` does (the image ID above all), without printing the file.
+COMPOSE = KIT_VENDOR=$(VENDOR) KIT_TAG=$(TAG) KIT_REGISTRY=$(REGISTRY) bash docker/compose/run.sh $(DOCKER) compose
 ARGS ?=
-finetune: env ## docker compose run finetune (ARGS="--recipe recipes/X.yaml train.steps=10")
+finetune: ## docker compose run finetune (ARGS="--recipe recipes/X.yaml train.steps=10")
+	@$(ENV_UPDATE) >/dev/null
 	$(COMPOSE) run --rm finetune $(ARGS)
 
-evaluate: env ## docker compose run evaluate (ARGS="--model ... --data ... --output ...")
+evaluate: ## docker compose run evaluate (ARGS="--model ... --data ... --output ..."); after make finetune
+	@$(ENV_UPDATE) >/dev/null
 	$(COMPOSE) run --rm evaluate $(ARGS)
 
-check: env ## docker compose run check: is this machine and image fit to train?
+check: ## docker compose run check: is this machine and image fit to train?
+	@$(ENV_UPDATE) >/dev/null
 	$(COMPOSE) run --rm check $(ARGS)
 
-shell: env ## a shell in the image, same mounts and devices as the jobs
+shell: ## a shell in the image, same mounts and devices as the jobs
+	@$(ENV_UPDATE) >/dev/null
 	$(COMPOSE) run --rm shell
 
 provision: ## provision GPU hosts with pyinfra (PROVISION_ARGS="--dry" shows the plan; docs/provisioning.md)

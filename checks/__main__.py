@@ -12,11 +12,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 from checks.catalog import all_checks
 from checks.core import FAIL, Context, Result, SelectionError, exit_code, run_checks, select
 from kit import atomic
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
 
@@ -61,11 +64,38 @@ def log_line(r: Result) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+# Below this many columns the four-column table wraps every detail onto several lines (62 lines for the CPU image
+# at 80 columns): a list then keeps one line per check, with details only for warnings and failures.
+NARROW_COLUMNS = 110
+
+
+def render_list(results: list[Result], console: "Console") -> None:
+    """One line per check (status, name, value); the detail and the fix under a warning or failure only."""
+    from rich.text import Text
+
+    console.print(Text("clinical-finetune-kit environment checks", style="bold"))
+    for r in results:
+        line = Text(f"{r.status.upper():4} ", style=_STYLE[r.status])
+        line.append(f"{r.name:25} {r.value}".rstrip())
+        console.print(line, overflow="fold")
+        if r.status in ("warn", "fail"):
+            if r.detail:
+                console.print(Text(f"     {r.detail}"), overflow="fold")
+            if r.hint:
+                console.print(Text(f"     fix: {r.hint}", style=_STYLE[r.status]), overflow="fold")
+
+
 def render_table(results: list[Result]) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    # Piped output (CI logs, docs) gets a wide table rather than rich's 80-column default.
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    if console.width < NARROW_COLUMNS:
+        render_list(results, console)
+        _print_verdict(results, console)
+        return
     table = Table(title="clinical-finetune-kit environment checks", show_lines=False, expand=False)
     table.add_column("check", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -76,9 +106,11 @@ def render_table(results: list[Result]) -> None:
         if r.hint and r.status in ("warn", "fail"):
             note.append(("\n" if r.detail else "") + "fix: " + r.hint, style=_STYLE[r.status])
         table.add_row(r.name, Text(r.status.upper(), style=_STYLE[r.status]), r.value, note)
-    # Piped output (CI logs, docs) gets a wide table rather than rich's 80-column default.
-    console = Console(width=None if sys.stdout.isatty() else 150)
     console.print(table)
+    _print_verdict(results, console)
+
+
+def _print_verdict(results: list[Result], console: "Console") -> None:
     counts = {s: sum(r.status == s for r in results) for s in ("pass", "warn", "fail", "skip")}
     verdict = "NOT fit: fix the failed checks" if counts[FAIL] else "fit to fine-tune on (no failed check)"
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()) + f" in {sum(r.duration for r in results):.1f} s"

@@ -8,18 +8,22 @@ which path the pipeline took there.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from checks import thresholds as T
 from checks.core import FAIL, PASS, Context, Result, check
 from checks.gpu import gpu_skip_reason
 
 NAME = "pipeline.qlora"
+# Lines of the fine-tune's own output shown when it fails (the whole log stays in a file named in the result).
+TAIL_LINES = 15
 
 
 def recipe_overrides(model_dir: Path, train_file: Path, out_dir: Path, on_gpu: bool) -> list[str]:
@@ -82,6 +86,52 @@ def judge(report: dict[str, Any], on_gpu: bool) -> Result:
     return Result(NAME, PASS, value, f"tiny Llama, {where}", data=_summary(report))
 
 
+@contextlib.contextmanager
+def output_to(log: Path) -> Iterator[None]:
+    """Send everything written to file descriptors 1 and 2 (the pipeline's data warnings about its own generated
+    questions, library warnings, progress bars, C-level output) into ``log``: none of it is about the user's
+    node, and it pushed the table off the screen. The result says where the log is when the run fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        # Line-buffered: Python's writes and the fds' writes land in the file in about the order they were made.
+        with open(log, "w", buffering=1, encoding="utf-8", errors="replace") as handle:
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+            # sys.stdout/sys.stderr need not be fds 1 and 2 (pytest, notebooks): redirect the objects too.
+            with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+                yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _tail(log: Path, lines: int = TAIL_LINES) -> list[str]:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    # Progress bars redraw with carriage returns: keep the last state of each line.
+    return [line.rsplit("\r", 1)[-1] for line in text.splitlines() if line.strip()][-lines:]
+
+
+def _kept_log(result: Result, log: Path) -> Result:
+    """A failed run keeps its log and shows its last lines on stderr; a passed one deletes it."""
+    if result.status != FAIL:
+        result.data["output_lines"] = len(_tail(log, lines=10**9))
+        log.unlink(missing_ok=True)
+        return result
+    tail = _tail(log)
+    print(f"{NAME}: the fine-tune's last {len(tail)} lines (all of them: {log}):", file=sys.stderr)
+    print("\n".join(f"    {line}" for line in tail), file=sys.stderr, flush=True)
+    result.detail += f"; full output: {log}"
+    result.data["output_log"] = str(log)
+    return result
+
+
 @check("pipeline.qlora")
 def qlora(ctx: Context) -> Result:
     """A two-step QLoRA fine-tune of a tiny model through the pipeline (NF4 on a GPU)."""
@@ -96,17 +146,21 @@ def qlora(ctx: Context) -> Result:
     on_gpu = gpu_skip_reason(ctx) is None
     # No hub: a lookup without this hangs ~50 s before failing on air-gapped hosts.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    fd, name = tempfile.mkstemp(prefix="checks-pipeline-", suffix=".log")
+    os.close(fd)
+    log = Path(name)
     with tempfile.TemporaryDirectory(prefix="checks-pipeline-") as tmp:
         root = Path(tmp)
         try:
-            model_dir = build_tiny_model(root / "model")
-            train_file, _ = write_demo_data(root / "data")
-            recipe = load_recipe(None, recipe_overrides(model_dir, train_file, root / "run", on_gpu))
-            report = finetune(recipe)
+            with output_to(log):
+                model_dir = build_tiny_model(root / "model")
+                train_file, _ = write_demo_data(root / "data")
+                recipe = load_recipe(None, recipe_overrides(model_dir, train_file, root / "run", on_gpu))
+                report = finetune(recipe)
         except Exception as exc:
             last = traceback.extract_tb(exc.__traceback__)[-1]
-            return Result(NAME, FAIL, type(exc).__name__,
-                          f"{exc} (at {Path(last.filename).name}:{last.lineno})",
-                          hint="the fine-tune itself failed: run python -m pipeline with a tiny model for the "
-                               "full traceback")
-    return judge(report, on_gpu)
+            return _kept_log(Result(NAME, FAIL, type(exc).__name__,
+                                    f"{exc} (at {Path(last.filename).name}:{last.lineno})",
+                                    hint="the fine-tune itself failed: run python -m pipeline with a tiny model "
+                                         "for the full traceback"), log)
+    return _kept_log(judge(report, on_gpu), log)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ from checks import access  # device-node paths (access.DEV, which tests point at
 from checks.build_info import STACK_ARCH_KEYS, build_info_path, image_build_info, normalize_arch
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
 from checks.gpu import gpu_skip_reason, probe
+from kit.manifest import manifest_path
 
 ROCM_VERSION_FILE = Path("/opt/rocm/.info/version")
 NVIDIA_PROC_VERSION = Path("/proc/driver/nvidia/version")
@@ -65,6 +67,9 @@ def pins(ctx: Context) -> Result:
     if info is None:
         _, named = build_info_path(ctx.env)
         if why.startswith("no build info") and not named:
+            manifest, problem = image_manifest(ctx)
+            if manifest is not None or problem:
+                return _pins_from_manifest(ctx, manifest, problem)
             return Result("platform.pins", SKIP, "no build info", f"{why}: not a kit image, nothing to compare")
         return Result("platform.pins", FAIL, "build info unreadable", why,
                       hint="rebuild the image (it writes the file), or point KIT_BUILD_INFO at a valid one")
@@ -96,6 +101,51 @@ def pins(ctx: Context) -> Result:
         )
     return Result("platform.pins", PASS, f"{len(comparisons)} match",
                   f"{info.path}: " + ", ".join(f"{w} {a}" for w, _, a in comparisons), data=data)
+
+
+def image_manifest(ctx: Context) -> tuple[Optional[dict], str]:
+    """The kit image's manifest (kit/manifest.py writes it in every image, the CPU one included), or (None, why)
+    when it exists but cannot be read; (None, "") outside a kit image. The CPU image has no build-info file (that
+    file describes the GPU builds' compiled extensions), so the manifest is how the checks recognise it."""
+
+    def load() -> tuple[Optional[dict], str]:
+        path = manifest_path(ctx.env)
+        if not path.is_file():
+            return None, ""
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            return None, f"{path}: cannot read the image manifest: {exc}"
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("packages"), dict):
+            return None, f"{path}: the image manifest has no 'packages' object"
+        return {**manifest, "path": str(path)}, ""
+
+    return ctx.memo("image_manifest", load)
+
+
+def _pins_from_manifest(ctx: Context, manifest: Optional[dict], problem: str) -> Result:
+    """Inside a kit image without build info (the CPU image): torch and bitsandbytes as the manifest recorded
+    them at build time against what imports now (a later pip install that replaced torch shows up here)."""
+    if manifest is None:
+        return Result("platform.pins", FAIL, "image manifest unreadable", problem,
+                      hint="rebuild the image (Dockerfile.app writes the manifest), or point KIT_IMAGE_MANIFEST at "
+                           "a valid one")
+    packages = manifest["packages"]
+    vendor = manifest.get("vendor", "unknown")
+    comparisons = [("torch", packages.get("torch"), probe(ctx).torch_version)]
+    if packages.get("bitsandbytes"):
+        comparisons.append(("bitsandbytes", packages["bitsandbytes"], _installed("bitsandbytes")))
+    data = {what: {"pinned": pinned, "actual": actual} for what, pinned, actual in comparisons}
+    data["manifest"] = {"path": manifest["path"], "vendor": vendor, "revision": manifest.get("revision")}
+    where = f"{manifest['path']} (kit {vendor} image, revision {manifest.get('revision', 'unknown')})"
+    bad = [f"{what}: image has {pinned or 'nothing'}, found {actual or 'nothing'}" for what, pinned, actual
+           in comparisons if not (pinned and _same_version(pinned, actual))]
+    if bad:
+        return Result("platform.pins", FAIL, f"{len(bad)} of {len(comparisons)} differ", f"{where}: " + "; ".join(bad),
+                      hint="something replaced the image's packages: rebuild the image, or reinstall from its lock "
+                           "file", data=data)
+    return Result("platform.pins", PASS, f"kit {vendor} image, {len(comparisons)} match",
+                  f"{where}: " + ", ".join(f"{w} {a}" for w, _, a in comparisons), data=data)
 
 
 def _nvidia_driver_version() -> Optional[str]:
@@ -265,8 +315,12 @@ def gpus(ctx: Context) -> Result:
             return Result("platform.gpus", FAIL, "0 GPUs", f"{reason}; a GPU was expected: {'; '.join(expected)}",
                           hint="check the access.* rows: device nodes passed to the container (ROCm: --device "
                                "/dev/kfd --device /dev/dri; NVIDIA: --gpus all) and *_VISIBLE_DEVICES")
+        manifest, _ = image_manifest(ctx)
+        where = ("this is the kit's CPU image: for GPU fine-tuning run the ROCm or CUDA image (KIT_VENDOR=rocm|cuda) "
+                 "on a GPU node" if manifest is not None and manifest.get("vendor") == "cpu"
+                 else "for GPU fine-tuning run this on a GPU node or in the kit image")
         return Result("platform.gpus", WARN, "0 GPUs", f"{reason}; GPU checks below are skipped",
-                      hint="fine for the CPU demo; for GPU fine-tuning run this on a GPU node or in the kit image")
+                      hint=f"fine for the CPU demo; {where}")
     problems, notes = [], []
     archs = sorted({d.arch for d in p.devices})
     for arch in archs:

@@ -9,11 +9,16 @@
 # compose passes into the container for the run reports (a container cannot see its own image ID); empty when
 # the image is not in the engine yet. The make run targets rewrite it before every run; after building or loading
 # an image yourself, run `make env` again before a plain `docker compose run`, or the reports name the old image.
+# KIT_MEMLOCK (the jobs' locked-memory limit, compose.yaml) is a setting, not a computed key: --update writes its
+# default (-1, unlimited) only when the file has no KIT_MEMLOCK line, and keeps the user's value otherwise.
 set -euo pipefail
 if [[ "${1:-}" == "--update" ]]; then
     target="${2:?--update needs the .env path}"
     shift 2
     computed="$(bash "$0" "$@")"
+    if [[ -f "$target" ]] && grep -qE '^KIT_MEMLOCK=' "$target"; then
+        computed="$(printf '%s\n' "$computed" | grep -v '^KIT_MEMLOCK=')"
+    fi
     keys="$(printf '%s\n' "$computed" | cut -d= -f1 | paste -sd'|')"
     tmp="$(mktemp "$(dirname "$target")/.env.XXXXXX")"
     trap 'rm -f "$tmp"' EXIT
@@ -55,4 +60,5 @@ if [[ "$vendor" == rocm ]]; then
 fi
 [[ -n "$video" ]] && echo "KIT_VIDEO_GID=$video"
 [[ -n "$render" ]] && echo "KIT_RENDER_GID=$render"
+echo "KIT_MEMLOCK=-1"
 exit 0

@@ -54,12 +54,24 @@ def installed_distributions() -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
+def revision_state(revision: str) -> dict[str, Any]:
+    """``abc123`` or ``abc123-dirty-<12 hex>`` (the Makefile's VCS_REF: the tree had uncommitted changes, and the
+    hex is the start of the sha256 of that diff) -> {"commit", "dirty", "diff_sha256"}: a report built on this
+    manifest then never claims a commit whose code it did not run."""
+    commit, sep, diff = revision.partition("-dirty-")
+    if not sep:
+        commit, dirty_suffix = (revision[:-len("-dirty")], True) if revision.endswith("-dirty") else (revision, False)
+        return {"commit": commit, "dirty": dirty_suffix, "diff_sha256": None}
+    return {"commit": commit, "dirty": True, "diff_sha256": diff or None}
+
+
 def build_manifest(vendor: str, stack: Mapping[str, str], locks: list[Path], revision: str,
                    source: str = "unknown") -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "vendor": vendor,
         "revision": revision,
+        "revision_state": revision_state(revision),
         "source": source,
         "python": platform.python_version(),
         "stack": dict(stack),

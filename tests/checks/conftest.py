@@ -41,3 +41,7 @@ def no_default_build_info(monkeypatch, tmp_path):
     from checks import build_info
 
     monkeypatch.setattr(build_info, "DEFAULT_PATH", tmp_path / "absent" / "build.json")
+    # Nor the image manifest, which makes the checks recognise the kit's CPU image (tests run inside it too).
+    from kit import manifest
+
+    monkeypatch.setattr(manifest, "DEFAULT_PATH", tmp_path / "absent" / "manifest.json")

@@ -93,3 +93,33 @@ def test_real_two_step_finetune_on_this_cpu():
     res = P.qlora(make_ctx(torch_version="2.13.0+cpu"))
     assert res.status == PASS, res.detail
     assert res.data["steps"] == 2 and res.data["quantization_path"]
+
+
+def test_the_finetunes_output_stays_off_the_screen_unless_it_fails(fake_pipeline, monkeypatch, capfd):
+    """The pipeline's warnings about the check's own generated data and library noise are not about the node:
+    a passing check prints nothing; a failing one shows the last lines and names the full log."""
+    import os as _os
+
+    _, report = fake_pipeline
+    # The fixture's fake of the module that holds finetune (its name follows the pipeline's layout).
+    module = next(m for m in sys.modules.values() if isinstance(m, types.SimpleNamespace) and hasattr(m, "finetune"))
+    real = module.finetune
+
+    def noisy(recipe):
+        for i in range(40):
+            print(f"warning: train.jsonl:{i}: repeats the question", file=sys.stderr)
+        _os.write(1, b"Loading weights: 100%\r\n")  # C-level and unbuffered writes too
+        return real(recipe)
+
+    monkeypatch.setattr(module, "finetune", noisy)
+    res = P.qlora(make_ctx())
+    out, err = capfd.readouterr()
+    assert res.status == PASS and out == "" and err == "" and res.data["output_lines"] == 41
+    report["steps"] = 1
+    res = P.qlora(make_ctx())
+    out, err = capfd.readouterr()
+    log = res.data["output_log"]
+    assert res.status == FAIL and f"full output: {log}" in res.detail
+    assert "train.jsonl:39: repeats" in err and "train.jsonl:10:" not in err and log in err
+    assert "train.jsonl:0: repeats" in open(log).read()
+    _os.unlink(log)

@@ -223,3 +223,38 @@ def test_gpus_fail_when_torch_misses_the_arch_and_warn_on_ptx(no_default_build_i
     assert res.status == FAIL and "torch has no kernels for sm_90" in res.detail
     res = pc.gpus(make_ctx("cuda", (H200,), ("sm_80", "compute_80"), "12.1"))
     assert res.status == WARN and "PTX" in res.detail
+
+
+# --- the kit's CPU image: no build info, recognised by its manifest (kit/manifest.py) ---
+
+def cpu_manifest(tmp_path, torch="2.13.0+cpu", **packages) -> dict:
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"schema": 1, "vendor": "cpu", "revision": "abc123-dirty-0123456789ab",
+                                "packages": {"torch": torch, "bitsandbytes": BNB, **packages}}))
+    return {"KIT_IMAGE_MANIFEST": str(path)}
+
+
+def test_pins_recognise_the_kit_cpu_image_by_its_manifest(no_default_build_info, tmp_path):
+    res = pc.pins(make_ctx(torch_version="2.13.0+cpu", env=cpu_manifest(tmp_path)))
+    assert res.status == PASS and res.value == "kit cpu image, 2 match", res.detail
+    assert "not a kit image" not in res.detail and "revision abc123-dirty-0123456789ab" in res.detail
+    assert res.data["manifest"]["vendor"] == "cpu"
+
+
+def test_pins_in_the_cpu_image_catch_a_replaced_torch(no_default_build_info, tmp_path):
+    res = pc.pins(make_ctx(torch_version="2.5.0+cu124", env=cpu_manifest(tmp_path)))
+    assert res.status == FAIL and "torch: image has 2.13.0+cpu, found 2.5.0+cu124" in res.detail and res.hint
+
+
+def test_pins_name_an_unreadable_manifest(no_default_build_info, tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_text("{not json")
+    res = pc.pins(make_ctx(env={"KIT_IMAGE_MANIFEST": str(path)}))
+    assert res.status == FAIL and str(path) in res.detail and "KIT_IMAGE_MANIFEST" in res.hint
+
+
+def test_gpus_hint_inside_the_cpu_image_does_not_say_run_inside_the_kit_image(no_default_build_info, tmp_path):
+    res = pc.gpus(make_ctx(torch_version="2.13.0+cpu", env=cpu_manifest(tmp_path)))
+    assert res.status == WARN and "kit's CPU image" in res.hint and "in the kit image" not in res.hint
+    outside = pc.gpus(make_ctx(torch_version="2.13.0+cpu"))
+    assert "in the kit image" in outside.hint
