@@ -22,7 +22,7 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 # Before transformers is imported anywhere: patient-data sites do not want usage pings leaving the host.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -248,7 +248,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from pipeline.core.config import load_recipe
     from pipeline.data import lengths
     from pipeline.data.loading import data_paths
-    from pipeline.data.prompts import encode_example
     from pipeline.data.questions import DataError, find_overlap, read_questions
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -286,12 +285,21 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         else:
             print("contamination: no evaluation question occurs in the training file")
 
+    summary["train_tokens"] = _print_lengths(recipe, loaded, args.all_warnings)
+    print(json.dumps(summary))
+    return 0
+
+
+def _print_lengths(recipe: Any, loaded: dict, all_warnings: bool) -> dict:
+    """Token-length statistics of the training set, and the rows that will be cut; returns the statistics."""
+    from pipeline.data import lengths
+    from pipeline.data.prompts import encode_example
+
     tokenizer = _tokenizer_for(recipe.model.name_or_path, recipe.model.trust_remote_code)
     big = 10**9  # measure untruncated lengths
     token_lengths = [len(encode_example(tokenizer, q, recipe.data.target, big, recipe.data.add_bos)["input_ids"])
                      for q in loaded["train"]]
     stats = _length_stats(token_lengths, recipe.data.max_length)
-    summary["train_tokens"] = stats
     print(f"train token lengths ({recipe.data.target} target): min {stats['min']}, median {stats['median']}, "
           f"p95 {stats['p95']}, max {stats['max']}; {stats['over_max_length']} over data.max_length "
           f"{recipe.data.max_length} (their prompt's start is cut)")
@@ -299,11 +307,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if "eval" in loaded:
         context = _context_length(recipe.model.name_or_path)
         long_rows += lengths.eval_rows_over(loaded["eval"], tokenizer, recipe.eval.scoring, context)
-    for message in long_rows if args.all_warnings else lengths.summarize(long_rows, 5,
-                                                                         hint=" (--all-warnings lists them)"):
+    for message in long_rows if all_warnings else lengths.summarize(long_rows, 5, hint=" (--all-warnings lists them)"):
         print(f"warning: {message}")
-    print(json.dumps(summary))
-    return 0
+    return stats
 
 
 def _tokenizer_for(name_or_path: str, trust_remote_code: bool):

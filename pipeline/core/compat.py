@@ -68,9 +68,25 @@ def checkpointing_active(model: Any) -> bool:
     transformers 5.x renamed ``is_gradient_checkpointing`` to ``is_activation_checkpointing`` (the old name warns
     and goes in v6); 4.57 has only the old one. Delete the old name with 4.57.
     """
-    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else (
+    # A peft model forwards attributes per instance, so its class has neither name: ask the base model's class.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else (
         "is_gradient_checkpointing")
-    return bool(getattr(model, name, False))
+    return bool(getattr(base, name, False))
+
+
+def checkpointing_enable(model: Any, checkpoint_kwargs: dict[str, Any]) -> None:
+    """Switch activation checkpointing on for a transformers base model, passing ``checkpoint_kwargs`` to
+    ``torch.utils.checkpoint``.
+
+    transformers 5.x renamed ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=)`` to
+    ``activation_checkpointing_enable(activation_checkpointing_kwargs=)`` (the old name warns and goes in v6); 4.57
+    has only the old one. Delete the old name with 4.57.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
 
 
 def returned_cache(out: Any) -> tuple[str, Any] | None:

@@ -29,8 +29,8 @@ class _DropMessage(logging.Filter):
 def quiet_libraries(interactive: bool | None = None) -> None:
     """Install the filters; progress bars of weight loading only where a person watches a terminal."""
     logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMessage(_BNB_HUB_KERNEL))
-    # peft (0.21) reads model.is_gradient_checkpointing, which transformers 5.x deprecates in favour of
-    # is_activation_checkpointing: a message for peft's maintainers, not for someone fine-tuning.
+    # peft (0.21) reads the base model's is_gradient_checkpointing, which transformers 5.x deprecates under a new
+    # name: a message for peft's maintainers, not for someone fine-tuning (our own reads go through compat.py).
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if interactive is None:
         interactive = sys.stderr.isatty()

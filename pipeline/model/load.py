@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from pipeline.core.compat import auto_tokenizer, checkpointing_active
+from pipeline.core.compat import auto_tokenizer, checkpointing_active, checkpointing_enable
 from pipeline.core.config import Recipe
 from pipeline.core.errors import AdapterGradientError, ModelNotFoundError, UnsupportedError
 from pipeline.model import smollm2
@@ -255,7 +255,7 @@ def enable_checkpointing(model: Any) -> bool:
     # use_reentrant=False: the reentrant variant needs inputs that require grad and silently drops gradients of
     # frozen-input segments; the non-reentrant one is torch's recommended default and works with DDP.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing_enable(base, {"use_reentrant": False})
     base.enable_input_require_grads()
     return checkpointing_active(base)
 

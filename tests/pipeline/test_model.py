@@ -224,3 +224,21 @@ def test_flash_attention_chosen_when_available():
     pytest.importorskip("flash_attn", reason="flash_attn is not installed in this environment")
     name, _ = choose_attention("auto", torch.device("cuda", 0), torch.bfloat16)
     assert name == "flash_attention_2"
+
+
+def test_checkpointing_state_of_a_peft_model_is_read_without_a_deprecation_warning(tiny_model_dir):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.core.compat import checkpointing_active
+    from pipeline.model.load import enable_checkpointing
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers 5 warns on the old name
+        assert checkpointing_active(model) is False
+        enable_checkpointing(model)
+        assert checkpointing_active(model) is True
