@@ -194,8 +194,8 @@ def make_args(vendor: str, standins: dict[str, str], dockerfile: Path, dist: Pat
             f"BUILD_FLAGS=-f {dockerfile} --network host --progress plain"]
 
 
-def build_runtime(vendor: str, args: list[str], tag: str) -> str:
-    """The runtime stage (it needs every other stage) with make's own build arguments; returns BuildKit's log."""
+def runtime_command(vendor: str, args: list[str], tag: str) -> list[str]:
+    """make's own buildx command line for `wheels-<vendor>`, aimed at the runtime stage (it needs every other one)."""
     printed = run(["make", "-s", f"wheels-{vendor}", "DOCKER=echo", *args], cwd=ROOT)
     assert printed.returncode == 0, printed.stderr
     command = shlex.split(printed.stdout.strip().splitlines()[-1])
@@ -203,9 +203,7 @@ def build_runtime(vendor: str, args: list[str], tag: str) -> str:
     command[target + 1] = "runtime"
     output = command.index("--output")
     command[output:output + 2] = ["--load", "-t", tag]
-    result = run(["docker", *command], timeout=3000, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-6000:]
-    return result.stderr
+    return ["docker", *command]
 
 
 def in_image(tag: str, script: str) -> str:
@@ -215,25 +213,41 @@ def in_image(tag: str, script: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def rocm_build(repository, rocm_wheelhouse, tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("rocm")
-    args = make_args("rocm", repository, derive("rocm", folder), folder / "dist", rocm_wheelhouse)
-    tag = f"{repository['JAMMY'].split('/')[0]}/gpu-build-test:rocm"
-    log = build_runtime("rocm", args, tag)
-    exported = run(["make", "-s", "wheels-rocm", *args], cwd=ROOT)
-    assert exported.returncode == 0, exported.stderr[-4000:]
-    return {"tag": tag, "log": log, "wheels": folder / "dist" / "wheels-rocm"}
+def gpu_builds(repository, rocm_wheelhouse, tmp_path_factory) -> dict[str, dict]:
+    """Both runtime builds at once (CUDA's mostly waits on PyPI, ROCm's on the CPU), then both wheel exports."""
+    builds: dict[str, dict] = {}
+    try:
+        for vendor, house in (("rocm", rocm_wheelhouse), ("cuda", None)):
+            folder = tmp_path_factory.mktemp(vendor)
+            args = make_args(vendor, repository, derive(vendor, folder), folder / "dist", house)
+            tag = f"{repository['JAMMY'].split('/')[0]}/gpu-build-test:{vendor}"
+            with open(folder / "build.log", "w") as log:
+                process = subprocess.Popen(runtime_command(vendor, args, tag), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                           stderr=log)
+            builds[vendor] = {"tag": tag, "args": args, "process": process, "log": folder / "build.log",
+                              "wheels": folder / "dist" / f"wheels-{vendor}"}
+        for vendor, build in builds.items():
+            code = build["process"].wait(timeout=3000)
+            build["log"] = build["log"].read_text()
+            assert code == 0, f"Dockerfile.{vendor}:\n{build['log'][-6000:]}"
+    finally:
+        for build in builds.values():
+            if build["process"].poll() is None:
+                build["process"].terminate()
+    for vendor, build in builds.items():
+        exported = run(["make", "-s", f"wheels-{vendor}", *build["args"]], cwd=ROOT)
+        assert exported.returncode == 0, exported.stderr[-4000:]
+    return builds
 
 
 @pytest.fixture(scope="module")
-def cuda_build(repository, tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("cuda")
-    args = make_args("cuda", repository, derive("cuda", folder), folder / "dist", None)
-    tag = f"{repository['JAMMY'].split('/')[0]}/gpu-build-test:cuda"
-    log = build_runtime("cuda", args, tag)
-    exported = run(["make", "-s", "wheels-cuda", *args], cwd=ROOT)
-    assert exported.returncode == 0, exported.stderr[-4000:]
-    return {"tag": tag, "log": log, "wheels": folder / "dist" / "wheels-cuda"}
+def rocm_build(gpu_builds) -> dict:
+    return gpu_builds["rocm"]
+
+
+@pytest.fixture(scope="module")
+def cuda_build(gpu_builds) -> dict:
+    return gpu_builds["cuda"]
 
 
 def test_the_derived_dockerfiles_differ_only_in_the_compile_invocations(tmp_path):
