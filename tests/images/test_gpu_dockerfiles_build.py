@@ -140,17 +140,13 @@ def write_wheel(folder: Path, name: str, version: str, files: dict[str, str]) ->
 def standin_torch_wheels(folder: Path) -> None:
     """torch and pytorch-triton-rocm as PyTorch's ROCm index names them, holding only their version strings."""
     torch_version = STACK["ROCM_TORCH_VERSION"]
-    assert STANDIN_HIP.startswith(wheelhouse_hip(torch_version))
+    assert STANDIN_HIP.startswith(re.search(r"\+rocm(\d+\.\d+)", torch_version).group(1))
     write_wheel(folder, "torch", torch_version, {
         "torch/__init__.py": '"""Stand-in: version strings of PyTorch\'s ROCm wheel only."""\nfrom . import version\n'
                              "__version__ = version.__version__\n",
         "torch/version.py": f"__version__ = {torch_version!r}\nhip = {STANDIN_HIP!r}\ncuda = None\n"})
     write_wheel(folder, "pytorch_triton_rocm", STACK["ROCM_TRITON_VERSION"],
                 {"triton/__init__.py": f"__version__ = {STACK['ROCM_TRITON_VERSION']!r}\n"})
-
-
-def wheelhouse_hip(torch_version: str) -> str:
-    return re.search(r"\+rocm(\d+\.\d+)", torch_version).group(1)
 
 
 def standin_source(folder: Path, name: str, ref: str, package: str, version: str) -> None:
@@ -326,4 +322,4 @@ def test_cuda_runtime_image(cuda_build, docker_client):
     assert info["cuda_version"] == "12.1" and info["gpu_archs"] == STACK["CUDA_ARCH_LIST"].split(";")
     assert info["flash_attn_version"] == STACK["CUDA_FLASH_ATTN_VERSION"]
     versions = in_image(cuda_build["tag"], "python -c 'import torch; print(torch.__version__, torch.version.cuda)'")
-    assert versions.split() == [f"{STACK['CUDA_TORCH_VERSION']}+cu121", "12.1"] or versions.split()[1] == "12.1"
+    assert versions.split() == [f"{STACK['CUDA_TORCH_VERSION']}+cu121", "12.1"]  # PyPI's wheel: the CUDA 12.1 build
