@@ -86,7 +86,7 @@ endef
 
 .DEFAULT_GOAL := help
 .PHONY: help env resolve-digests image-rocm image-cuda image-cpu wheels-rocm wheels-cuda push save load finetune \
-	evaluate check shell provision demo test test-fast test-compat lint locks base-local wheelhouse parity
+	evaluate check shell provision demo test test-fast test-compat lint locks locks-check base-local wheelhouse parity
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -199,6 +199,10 @@ lint: ## ruff on RUFF_PATHS, hadolint the Dockerfiles, validate compose for ever
 
 locks: ## regenerate requirements/image-*.lock from their .in files (needs PyPI)
 	bash scripts/ci/docker-locks.sh
+
+# Not in `make test`: a registry's answer at a fixed cutoff can change over time (a scheduled job, or before `make locks`).
+locks-check: ## re-resolve every lock against PyPI at LOCK_EXCLUDE_NEWER, name each package that moved (needs PyPI)
+	bash scripts/ci/docker-locks.sh --check
 
 parity: ## lm-eval parity test on all 300 MedQA questions (installs lm-eval 0.4.13 into .lmeval-site first)
 	bash scripts/bootstrap.sh

@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
 # Regenerate the images' Python lock files from their .in sources (requirements/image-*.in), with hashes.
 #   bash scripts/ci/docker-locks.sh                                  # all locks, into requirements/ (make locks)
-#   bash scripts/ci/docker-locks.sh --output-dir DIR image-build.lock # only these, into DIR (the reproduction test)
+#   bash scripts/ci/docker-locks.sh --output-dir DIR image-build.lock # only these, into DIR
+#   bash scripts/ci/docker-locks.sh --check [LOCK...]  # re-resolve into a temporary folder, name what moved (make locks-check)
+#   bash scripts/ci/docker-locks.sh --compare DIR      # only the comparison: DIR's locks against requirements/
 # Needs PyPI. Uses uv's resolver (pip-compile compatible output) because it resolves for a *target* Python and
 # platform (the GPU images run Ubuntu 22.04's Python 3.10; this machine has 3.11) without installing anything.
 # Each lock records the sha256 of its .in files; tests/images/test_pins.py fails when a pin moves without its lock.
-# Reproducible: uv sees only files uploaded before stack.env's LOCK_EXCLUDE_NEWER (`--exclude-newer`), so the same
-# commit resolves the same locks after new releases; tests/images/test_lock_reproduce.py re-resolves one and compares.
+# Reproducible as far as the registry allows: uv sees only files uploaded before stack.env's LOCK_EXCLUDE_NEWER
+# (`--exclude-newer`), so new releases cannot move a lock; but a registry's view of upload dates is not frozen
+# (image-cpu.lock re-resolved to another fonttools on 2026-12-06), so the re-resolution is a registry check
+# (--check, `make locks-check`), not a test: tests/images/test_lock_reproduce.py checks the locks offline.
 # With --output-dir, the constraints an app lock is resolved against are the committed torch locks in requirements/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export LC_ALL=C  # one collation for sort and join
 
 R=requirements
 OUT=$R
 ONLY=()
+CHECK=0
+COMPARE=
 while (($#)); do
     case "$1" in
         --output-dir) OUT="${2:?--output-dir needs a folder}"; shift 2;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0;;
+        --check) CHECK=1; shift;;
+        --compare) COMPARE="${2:?--compare needs a folder}"; shift 2;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0;;
         image-*.lock) ONLY+=("$1"); shift;;
-        *) echo "docker-locks: unknown argument '$1' (expected --output-dir DIR or lock names like image-build.lock)" >&2
+        *) echo "docker-locks: unknown argument '$1' (expected --output-dir DIR, --check, --compare DIR or lock names like image-build.lock)" >&2
            exit 2;;
     esac
 done
@@ -30,7 +39,29 @@ for name in "${ONLY[@]}"; do
         exit 2
     fi
 done
-mkdir -p "$OUT"
+
+# pins_of LOCK: "name version" per pin, names normalised, sorted.
+pins_of() {
+    grep -oE '^[A-Za-z0-9_.-]+==[^ ;\\]+' "$1" | sed 's/==/ /' | awk '{n=tolower($1); gsub(/[-_.]+/, "-", n); print n, $2}' | sort
+}
+# compare_locks DIR: every generated lock in DIR against requirements/; names each pin that moved. 1 when any did.
+compare_locks() {
+    local dir="$1" name moved=0 diff
+    for name in $KNOWN; do
+        [[ -f "$dir/$name" ]] || continue
+        if cmp -s "$dir/$name" "$R/$name"; then echo "$name: same" >&2; continue; fi
+        moved=1
+        diff="$(join -a1 -a2 -e - -o 0,1.2,2.2 <(pins_of "$R/$name") <(pins_of "$dir/$name") | awk -v lock="$name" '
+            $2 != $3 { if ($2 == "-") print lock ": " $1 " added " $3; else if ($3 == "-") print lock ": " $1 " " $2 " removed";
+                       else print lock ": " $1 " " $2 " -> " $3 }')"
+        if [[ -n "$diff" ]]; then echo "$diff" >&2; else echo "$name: same versions, other hashes or annotations" >&2; fi
+    done
+    if ((moved)); then
+        echo "docker-locks: the registry resolves these locks differently at LOCK_EXCLUDE_NEWER=$EXCLUDE_NEWER" \
+             "(its view of upload dates moved, or an .in changed). Review, then 'make locks' and commit." >&2
+    fi
+    return "$moved"
+}
 # wanted LOCK: true when LOCK is to be written (every lock when none was named).
 wanted() {
     ((${#ONLY[@]} == 0)) || [[ " ${ONLY[*]} " == *" $1 "* ]]
@@ -43,6 +74,16 @@ if [[ ! "$EXCLUDE_NEWER" =~ ^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{
          "got '${EXCLUDE_NEWER}'" >&2
     exit 2
 fi
+
+if [[ -n "$COMPARE" ]]; then
+    compare_locks "$COMPARE"
+    exit
+fi
+if ((CHECK)); then
+    OUT="$(mktemp -d)"
+    trap 'rm -rf "$OUT"' EXIT
+fi
+mkdir -p "$OUT"
 
 UV_VERSION=0.9.5
 TOOLS=.venv-tools
@@ -135,3 +176,6 @@ no_emit_args $R/image-cpu-torch.lock
 compile image-cpu.lock 3.11 $R/image-cpu.in -- \
     --constraint "$cpu_constraints" "${NO_EMIT[@]}" "${cpu_no_emit[@]}"
 rm -f "$cpu_constraints"
+if ((CHECK)); then
+    compare_locks "$OUT"
+fi
