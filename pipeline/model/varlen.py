@@ -36,7 +36,26 @@ def varlen_unavailable(device: torch.device) -> Optional[str]:
         from torch.nn.attention.varlen import varlen_attn  # noqa: F401
     except ImportError:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen (needs >= 2.10)"
+    try:
+        first_launch(device)
+    except Exception as exc:  # an API that changed between releases, a kernel missing for this GPU, a wrong result
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "(no message)"
+        return f"varlen attention failed its first launch: {type(exc).__name__}: {text}"
     return None
+
+
+def first_launch(device: torch.device) -> None:
+    """Two sequences through varlen_attn (forward and backward) against per-sequence causal SDPA; raises if off."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(24, 2, 64, generator=g).to(device, torch.bfloat16).requires_grad_() for _ in range(3))
+    cu = torch.tensor([0, 9, 24], dtype=torch.int32, device=device)
+    out = varlen_attn(q, k, v, cu, cu, 15, 15, **_causal_kwargs())
+    out.float().sum().backward()
+    ref = _reference(q.detach().float(), k.detach().float(), v.detach().float(), cu, None)
+    if not torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2) or q.grad is None:
+        raise RuntimeError(f"varlen_attn differs from causal SDPA per sequence (max {(out.float() - ref).abs().max():.2e})")
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, scale: Optional[float]):

@@ -198,6 +198,33 @@ def ours_step(module, examples: list, pad_id: int, device: torch.device, cut: di
 # Timing one trainer
 
 
+def varlen_check(module, model, base, ctx: dict, device: torch.device, previous: str) -> str:
+    """The same packed sequences through varlen attention and through the SDPA block-diagonal mask (eval mode, no
+    dropout): the answer loss must agree to bf16 rounding, else this transformers does not hand the boundaries to
+    the attention function and varlen must not be used."""
+    from pipeline.data.packing import plan_step
+    from pipeline.model import varlen as vl
+
+    few = ctx["examples"][:4]
+    auto = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), auto:
+            a = plan_step(few, ctx["pad"], token_budget=4096, packing=True, varlen=True).micro[0]
+            got = float(module(**a.inputs(device)))
+            vl.set_attention(base, previous)
+            b = plan_step(few, ctx["pad"], token_budget=4096, packing=True).micro[0]
+            want = float(module(**b.inputs(device)))
+            vl.set_attention(base, vl.NAME)
+    except Exception as exc:  # noqa: BLE001
+        return f"FAILED: {type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        model.train(was)
+    ok = abs(got - want) <= 0.02 * abs(want) + 0.05
+    return f"{'ok' if ok else 'FAILED'}: answer loss {got:.4f} (varlen) vs {want:.4f} (SDPA mask)"
+
+
 def warm_up_shapes(module, params, steps: list, ctx: dict, device: torch.device, cut: dict) -> int:
     """pipeline.train.step.warm_up over the shapes this run will meet (planned from its steps on the host)."""
     from pipeline.data.packing import plan_step
@@ -383,6 +410,7 @@ def run_tuned(base, args, ctx: dict) -> dict:
     res = run_trainer("tuned", one, params, opt, steps, ctx["examples"], device, args.warmup,
                       ctx["profile"] if "tuned" in PROFILED else None)
     res["micro_sequences"], res["kernels"] = micro, kernels
+    ctx["tuned_peak_gib"] = res["peak_gib"]
     strip(model, base)
     return res
 
@@ -430,6 +458,13 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
         enable_checkpointing(model)
     params, opt = make_optimizer(model, device, args.lr)
     module = AnswerLoss(model) if legacy else AnswerPositionLoss(model)
+    varlen_note = None
+    if use_varlen:
+        varlen_note = varlen_check(module, model, base, ctx, device, previous_attention)
+        if varlen_note.startswith("FAILED"):  # this stack passes the boundaries differently: rows instead
+            print(f"{name}: {varlen_note}; falling back to packed rows", flush=True)
+            vl.set_attention(base, previous_attention)
+            use_varlen, previous_attention = False, None
     seen = {"max_micro_tokens": 0, "shapes": set()}
     cut = dict(token_budget=plan.token_budget, packing=packing, balance=balance, round_to=round_to, varlen=use_varlen)
 
@@ -456,7 +491,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     plan.varlen, plan.balance, plan.round_to = use_varlen, balance, round_to
     plan.packing = packing
     res["distinct_shapes"] = len(seen["shapes"])
-    res["varlen"] = use_varlen
+    res["varlen"], res["varlen_check"] = use_varlen, varlen_note
     res["balance"], res["round_to"] = balance, round_to
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
@@ -468,7 +503,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     return res
 
 
-PROFILED = ("ours-before", "ours", "packing-again", "liger-swiglu")
+PROFILED = ("ours-before", "ours", "ours-rows", "tuned", "packing-again", "liger-swiglu")
 KERNEL_STUDY = [  # shapes seen once, then again (cuDNN attention plans are cached per shape), then liger part by part
     ("packing-first", dict(checkpointing="auto", budget="auto", packing=True)),
     ("packing-again", dict(checkpointing="auto", budget="auto", packing=True)),
@@ -706,6 +741,10 @@ def run_named(args, base, ctx: dict, record: Callable, ours: Callable) -> None:
             record(lambda: run_tuned(base, args, ctx), "tuned")
         elif name == "ours-cap":
             ours(f"ours-{args.cap_gb:g}GiB", args.cap_steps or args.steps, cap_gb=args.cap_gb, **default)
+        elif name == "ours-matched":  # capped at the tuned peer's measured peak: the same memory as the peer
+            cap = ctx.get("tuned_peak_gib")
+            if cap:
+                ours("ours-at-tuned-peak", args.cap_steps or args.steps, cap_gb=cap, **default)
         elif name in named:
             ours(name, **named[name])
         else:

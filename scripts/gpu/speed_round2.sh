@@ -62,10 +62,10 @@ stage build 120 $py -c "import sys; sys.path.insert(0, '.'); from pipeline.model
 # 1. Seed recipe at 32 sequences/step: standard, ours (cold Triton), tuned peer (liger already compiled in this
 #    process: in its favour), ours under a 64 GiB cap. One fresh process, cold caches.
 cold a32
-stage a32 260 $py "${bench[@]}" "${s32[@]}" --warmup 0 --cap-gb 64 --only peer,ours,tuned,ours-cap --out "$work/a32.json"
+stage a32 260 $py "${bench[@]}" "${s32[@]}" --warmup 0 --cap-gb 64 --only peer,ours,tuned,ours-matched,ours-cap --out "$work/a32.json"
 # 2. Recipe default 8 sequences/step, 50 steps: standard then ours, fresh process, cold caches.
 cold b8
-stage b8 120 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only peer,ours --out "$work/b8.json"
+stage b8 150 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only peer,ours --out "$work/b8.json"
 # 3. Evaluate, whole command (model already built): before (if given) and after, letters and cloze.
 ev=(--model "${model:-random:llama2-7b}" --data tests/data/medqa/us5_test.jsonl)
 [ -n "${SPEED_TINY:-}" ] && ev+=(--limit 20)
@@ -83,6 +83,9 @@ export TRITON_CACHE_DIR="$work/cold/b8/triton" TORCHINDUCTOR_CACHE_DIR="$work/co
 stage d8-persisted 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours --out "$work/d8.json"
 cold e8
 stage e8-rows 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours-rows,ours-rows-warmup --out "$work/e8.json"
+
+# 5. A profile of one step each (warm, after 1 untimed step) for the record
+stage f32-profile 60 $py "${bench[@]}" --per-step 32 --steps 3 --warmup 1 --only ours,ours-rows --profile "$work/prof" --out "$work/f32.json"
 
 # Short table last
 $py - "$work" >>"$log" 2>&1 <<'EOF'
