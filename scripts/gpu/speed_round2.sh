@@ -28,6 +28,9 @@ else
     s32=(--per-step 32 --steps ${S32_STEPS:-15}); s8=(--per-step 8 --steps 50); model=random:llama2-7b
 fi
 t_start=$(date +%s)
+# SPEED_STAGES: which groups to run (a32 b8 eval levers profile); SPEED_A32_ONLY: the trainers of group a32
+stages=" ${SPEED_STAGES:-a32 b8 eval levers profile} "
+want() { [[ "$stages" == *" $1 "* ]]; }
 left() { echo $(( ${BUDGET_S:-575} - ($(date +%s) - t_start) )); }
 
 # cold NAME: fresh, empty Triton/inductor cache folders for the next process (a new folder each time)
@@ -62,30 +65,31 @@ stage build 120 $py -c "import sys; sys.path.insert(0, '.'); from pipeline.model
 # 1. Seed recipe at 32 sequences/step: standard, ours (cold Triton), tuned peer (liger already compiled in this
 #    process: in its favour), ours under a 64 GiB cap. One fresh process, cold caches.
 cold a32
-stage a32 260 $py "${bench[@]}" "${s32[@]}" --warmup 0 --cap-gb 64 --only peer,ours,tuned,ours-matched,ours-cap --out "$work/a32.json"
+want a32 && stage a32 260 $py "${bench[@]}" "${s32[@]}" --warmup 0 --cap-gb 64 \
+    --only "${SPEED_A32_ONLY:-peer,ours,tuned,ours-matched,ours-cap}" --out "$work/a32.json"
 # 2. Recipe default 8 sequences/step, 50 steps: standard then ours, fresh process, cold caches.
 cold b8
-stage b8 150 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only peer,ours --out "$work/b8.json"
+want b8 && stage b8 150 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only peer,ours --out "$work/b8.json"
 # 3. Evaluate, whole command (model already built): before (if given) and after, letters and cloze.
 ev=(--model "${model:-random:llama2-7b}" --data tests/data/medqa/us5_test.jsonl)
 [ -n "${SPEED_TINY:-}" ] && ev+=(--limit 20)
-if [ -n "$before" ] && [ -d "$before/pipeline" ]; then
+if want eval && [ -n "$before" ] && [ -d "$before/pipeline" ]; then
     stage eval-before-letter 75 env -C "$before" PYTHONPATH="$before" $py -m pipeline evaluate "${ev[@]}" --output "$work/ev0" --scoring letter
 fi
-stage eval-letter 60 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev1" --scoring letter
-stage eval-letter-256 60 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev2" --scoring letter --batch-size 256 --token-budget 16384
-stage eval-cloze-256 90 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev3" --scoring cloze --batch-size 256 --token-budget 16384
+want eval && stage eval-letter 60 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev1" --scoring letter
+want eval && stage eval-letter-256 60 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev2" --scoring letter --batch-size 256 --token-budget 16384
+want eval && stage eval-cloze-256 90 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev3" --scoring cloze --batch-size 256 --token-budget 16384
 # 4. Levers at 8/step, each in a fresh process: the first round's default (rows, no varlen) cold; ours again with
 #    the caches of stage 2 kept (what a compose volume for the Triton cache gives a new container).
 cold c8
-stage c8-round1 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours-round1 --out "$work/c8.json"
+want levers && stage c8-round1 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours-round1 --out "$work/c8.json"
 export TRITON_CACHE_DIR="$work/cold/b8/triton" TORCHINDUCTOR_CACHE_DIR="$work/cold/b8/inductor"
-stage d8-persisted 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours --out "$work/d8.json"
+want levers && stage d8-persisted 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours --out "$work/d8.json"
 cold e8
-stage e8-rows 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours-rows,ours-rows-warmup --out "$work/e8.json"
+want levers && stage e8-rows 90 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only ours-rows,ours-rows-warmup --out "$work/e8.json"
 
 # 5. A profile of one step each (warm, after 1 untimed step) for the record
-stage f32-profile 60 $py "${bench[@]}" --per-step 32 --steps 3 --warmup 1 --only ours,ours-rows --profile "$work/prof" --out "$work/f32.json"
+want profile && stage f32-profile 60 $py "${bench[@]}" --per-step 32 --steps 3 --warmup 1 --only ours,ours-rows --profile "$work/prof" --out "$work/f32.json"
 
 # Short table last
 $py - "$work" >>"$log" 2>&1 <<'EOF'
