@@ -65,7 +65,7 @@ stage build 120 $py -c "import sys; sys.path.insert(0, '.'); from pipeline.model
 # 1. Seed recipe at 32 sequences/step: standard, ours (cold Triton), tuned peer (liger already compiled in this
 #    process: in its favour), ours under a 64 GiB cap. One fresh process, cold caches.
 cold a32
-want a32 && stage a32 260 $py "${bench[@]}" "${s32[@]}" --warmup 0 --cap-gb 64 \
+want a32 && stage a32 ${A32_TIMEOUT:-260} $py "${bench[@]}" "${s32[@]}" --warmup 0 --cap-gb 64 \
     --only "${SPEED_A32_ONLY:-peer,ours,tuned,ours-matched,ours-cap}" --out "$work/a32.json"
 # 2. Recipe default 8 sequences/step, 50 steps: standard then ours, fresh process, cold caches.
 cold b8
