@@ -649,6 +649,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
     ctx = prepare(args)
     device = ctx["device"]
+    if device.type == "cuda" and not ctx["nf4"]:
+        # Every trainer needs bitsandbytes on a GPU (NF4 base, paged 8-bit AdamW): say so before a 13.5 GB load.
+        print("bitsandbytes is not installed: the QLoRA trainers cannot run on this GPU (carry its wheel)", flush=True)
+        return 2
     t0 = time.perf_counter()
     base = load_base(args.model, device, ctx["nf4"])
     meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

@@ -8,6 +8,8 @@
 # Usage: scripts/gpu/speed_round2.sh [OUTDIR] [BEFORE_ROOT]
 #   BEFORE_ROOT: a checkout of the code before this change for the evaluate "before" row (skipped if absent).
 # CPU dry run: SPEED_TINY=1 scripts/gpu/speed_round2.sh /tmp/s2   (2-layer model, a few steps, CPU)
+# The device image has neither bitsandbytes nor liger-kernel: carry bitsandbytes 0.50.2 and liger-kernel 0.8.5 wheels
+# (43 MB + 1 MB) and install them with pip --target /tmp/site, PYTHONPATH=/tmp/site (docs/benchmarks.md).
 # Budget: ~9.5 min on an H100 (7B build ~40 s, each fresh process loads NF4 in ~25 s); every stage has a timeout.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -59,6 +61,10 @@ for n in ("torch","transformers","peft","bitsandbytes","liger-kernel","triton","
     nproc
 } >>"$log" 2>&1
 
+# Fail in a second, not after the 7B build: the trainers need bitsandbytes and the tuned peer liger-kernel.
+if [ -z "${SPEED_TINY:-}" ] && ! $py -c "import bitsandbytes, liger_kernel" >>"$log" 2>&1; then
+    echo "bitsandbytes or liger-kernel missing: carry their wheels (see the top of this script)" | tee -a "$log"; exit 2
+fi
 # The 7B random model, built once into KIT_CACHE_DIR (not part of any timed stage)
 stage build 120 $py -c "import sys; sys.path.insert(0, '.'); from pipeline.model.load import resolve_model; print(resolve_model('${model:-random:llama2-7b}'))"
 
