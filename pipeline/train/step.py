@@ -135,6 +135,11 @@ def _plan_rows(recipe: Any, model: Any, plan: Any, device: torch.device) -> None
         return
     from pipeline.model.varlen import use_varlen, varlen_unavailable
 
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if str(getattr(base.config, "_attn_implementation", "")).startswith("flash_attention"):
+        # transformers' FlashAttention path already turns restarting position ids into variable-length attention
+        plan.varlen_reason = "flash_attention_2 runs packed rows as variable-length attention itself"
+        return
     why_not = varlen_unavailable(device)
     if why_not is not None:
         if mode is True:
