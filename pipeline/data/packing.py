@@ -263,5 +263,5 @@ def _token_groups(lengths: list[int], token_budget: int) -> list[list[int]]:
         groups += 1
 
 
-__all__ = ["MicroBatch", "StepBatches", "balanced_rows", "pack_rows", "packed_batch", "packing_unsupported", "padded_batch", "plan_step",
-           "round_up", "split_by_budget"]
+__all__ = ["MicroBatch", "StepBatches", "balanced_rows", "pack_rows", "packed_batch", "packing_unsupported",
+           "padded_batch", "plan_step", "round_up", "split_by_budget"]

@@ -437,9 +437,10 @@ def load_for_eval(
 def _direct_to_gpu(device: torch.device) -> dict[str, Any]:
     """``device_map`` that makes from_pretrained write the weights straight into GPU memory.
 
-    Without it a 7B bf16 base is materialized in host memory first (13.5 GB) and then copied: measured as a large
-    part of ``python -m pipeline evaluate``'s wall time (docs/benchmarks.md). transformers 4.x needs accelerate for
-    a device map; without it the old path (load, then ``.to(device)``) stays.
+    Without it a 7B bf16 base is materialized in host memory first (13.5 GB) and then copied to the GPU; with it
+    the weight loading of ``python -m pipeline evaluate`` took 1.5-2 s on an H100 (docs/benchmarks.md; the old
+    path was not timed separately). transformers 4.x needs accelerate for a device map; without it the old path
+    (load, then ``.to(device)``) stays.
     """
     if device.type != "cuda":
         return {}

@@ -50,10 +50,8 @@ def measure(examples: list, steps: list, pad: int, budget: int) -> list[dict]:
                 rows, width = m.input_ids.shape
                 if cut.get("varlen"):
                     cu = m.cu_seqlens.tolist()
-                    masked_work += sum((b - a) ** 2 for a, b in zip(cu[:-1], cu[1:]))
-                elif cut["packing"]:
-                    masked_work += rows * width * width  # SDPA walks the row's whole score matrix
-                else:
+                    masked_work += sum((b - a) ** 2 for a, b in zip(cu[:-1], cu[1:], strict=False))
+                else:  # SDPA walks each row's whole score matrix (padding or block-diagonal mask)
                     masked_work += rows * width * width
             needed_work += sum(len(examples[i]["input_ids"]) ** 2 for i in idx)
         out.append({"cut": name, "padding_pct": 100 * (padded - real) / padded, "distinct_shapes": len(shapes),

@@ -628,7 +628,8 @@ def table(results: list[dict], meta: dict) -> str:
     peer = next((r for r in results if r["trainer"] == "peer"), None)
     tuned = next((r for r in results if r["trainer"] == "tuned"), None)
     lines = [f"{'trainer':<20} {'tok/s':>8} {'step s':>7} {'peak GiB':>8} {'loss end':>9} {'last5':>8} "
-             f"{'TFLOP/s':>8} {'% mm':>5} {'x peer':>7} {'loss vs peer':>12} {'x tuned':>7} {'first5':>7} {'shapes':>6}"]
+             f"{'TFLOP/s':>8} {'% mm':>5} {'x peer':>7} {'loss vs peer':>12} {'x tuned':>7} {'first5':>7} "
+             f"{'shapes':>6}"]
     for r in results:
         tps = r["tokens_per_s"] or 0.0
         tflops = 4 * meta["base_params"] * tps / 1e12

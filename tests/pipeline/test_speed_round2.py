@@ -45,7 +45,7 @@ def test_rounded_balanced_rows_cut_padding_and_shapes():
     steps = [_examples(_medqa_like(8, seed)) for seed in range(40)]  # 8 sequences a step, the recipe default
     first = [plan_step(ex, 0, token_budget=8192, packing=True) for ex in steps]
     rows = [plan_step(ex, 0, token_budget=8192, packing=True, balance=True, round_to=128) for ex in steps]
-    for a, b in zip(first, rows):
+    for a, b in zip(first, rows, strict=True):
         assert a.real_tokens == b.real_tokens and a.answer_tokens == b.answer_tokens
         assert all(m.input_ids.shape[1] % 128 == 0 or m.input_ids.shape[1] == 2048 for m in b.micro)
     padded = lambda plans: sum(s.padded_tokens for s in plans) / sum(s.real_tokens for s in plans)  # noqa: E731
@@ -62,7 +62,7 @@ def test_varlen_micro_steps_are_one_unpadded_row_with_boundaries():
         assert m.input_ids.shape[0] == 1 and m.input_ids.shape[1] <= 100
         cu = m.cu_seqlens.tolist()
         assert cu[0] == 0 and cu[-1] == m.input_ids.shape[1] and m.cu_seqlens.dtype == torch.int32
-        assert m.max_seqlen == max(b - a for a, b in zip(cu[:-1], cu[1:]))
+        assert m.max_seqlen == max(b - a for a, b in zip(cu[:-1], cu[1:], strict=False))
         starts = set(cu[:-1])
         assert all((m.position_ids[0, t] == 0) == (t in starts) for t in range(m.input_ids.shape[1]))
         inputs = m.inputs(torch.device("cpu"))
