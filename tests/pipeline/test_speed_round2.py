@@ -198,3 +198,24 @@ def test_batched_encoding_equals_encode_pair(tiny_tokenizer, medqa_test_path, sc
     old = [_encode(tiny_tokenizer, q, scoring, 300, add_bos) for q in questions]  # 300: some prompts truncated
     new = _encode_all(tiny_tokenizer, questions, scoring, 300, add_bos)
     assert [(i.context, i.choices) for i in new] == [(i.context, i.choices) for i in old]
+
+
+def test_varlen_micro_steps_reach_the_varlen_attention_function(tiny_model_dir, monkeypatch):
+    """The loss equality above would also hold if the packed row silently fell back to SDPA's mask: check that the
+    boundaries built on the host reach every layer's attention function (here its CPU reference)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.model import varlen
+    from pipeline.train.step import AnswerPositionLoss
+
+    seen: list[list[int]] = []
+    reference = varlen._reference
+    monkeypatch.setattr(varlen, "_reference", lambda q, k, v, cu, scale: seen.append(cu.tolist()) or
+                        reference(q, k, v, cu, scale))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    varlen.use_varlen(base)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", target_modules=["q_proj"]))
+    step = plan_step(_examples([10, 20, 30]), 0, token_budget=100, packing=True, varlen=True)
+    AnswerPositionLoss(model)(**step.micro[0].inputs(torch.device("cpu")))
+    assert seen == [[0, 30, 50, 60]] * base.config.num_hidden_layers
