@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 
 NAME = "varlen_packed"
+# Attention calls that took the varlen path (boundaries present), so a benchmark can show it was really used.
+launches = 0
 
 
 def varlen_unavailable(device: torch.device) -> Optional[str]:
@@ -96,6 +98,8 @@ def varlen_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    global launches
+    launches += 1
     b, h, t, d = query.shape
     if key.shape[1] != h:  # grouped-query attention: repeat the KV heads (LLaMA-2-7B has none)
         key = key.repeat_interleave(h // key.shape[1], dim=1)

@@ -466,6 +466,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
             vl.set_attention(base, previous_attention)
             use_varlen, previous_attention = False, None
     seen = {"max_micro_tokens": 0, "shapes": set()}
+    launches0 = vl.launches
     cut = dict(token_budget=plan.token_budget, packing=packing, balance=balance, round_to=round_to, varlen=use_varlen)
 
     def one(chosen: list) -> torch.Tensor:
@@ -491,7 +492,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     plan.varlen, plan.balance, plan.round_to = use_varlen, balance, round_to
     plan.packing = packing
     res["distinct_shapes"] = len(seen["shapes"])
-    res["varlen"], res["varlen_check"] = use_varlen, varlen_note
+    res["varlen"], res["varlen_check"], res["varlen_launches"] = use_varlen, varlen_note, vl.launches - launches0
     res["balance"], res["round_to"] = balance, round_to
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
