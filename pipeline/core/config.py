@@ -45,6 +45,10 @@ class ModelConfig:
     # Fused Triton kernels (RMSNorm, SwiGLU, RoPE) from liger-kernel: auto = where it imports on a GPU for a
     # LLaMA-type model, liger = insist, none = transformers' own code (pipeline/model/kernels.py).
     kernels: Literal["auto", "liger", "none"] = "auto"
+    # Packed micro-steps as one row with the sequences' boundaries, attention within each sequence only (PyTorch's
+    # varlen FlashAttention, pipeline/model/varlen.py): auto = where it runs (CUDA, torch >= 2.10), true = insist,
+    # false = packed rows with SDPA's block-diagonal mask.
+    varlen_attention: Union[bool, Literal["auto"]] = "auto"
     # Dtype of the non-quantized base weights when 4-bit is off (or unavailable and fallback allows it).
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     trust_remote_code: bool = False
@@ -92,6 +96,10 @@ class DataConfig:
     # With train.micro_batch_tokens set: lay the step's sequences end to end in rows (no padding; restarting
     # position ids keep each sequence's attention to itself) instead of padding length-sorted micro-batches.
     packing: bool = False
+    # Packed rows without varlen attention: even out each micro-step's rows, and round their width up to a multiple
+    # of this many tokens, so a run meets few distinct shapes (each new one pays for kernel plans the first time).
+    pack_balance: bool = True
+    pack_round_to: int = ranged(128, 1)
 
 
 @dataclass

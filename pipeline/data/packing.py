@@ -20,7 +20,7 @@ question is a host synchronization that stalls the launch queue).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -38,14 +38,23 @@ class MicroBatch:
     answer_target: torch.Tensor  # the answer tokens at those positions + 1
     real_tokens: int  # non-padding tokens
     sequences: int
+    # Variable-length attention (pipeline/model/varlen.py): sequence boundaries in the flattened micro-step and the
+    # longest sequence, known here on the host so the attention kernel needs no GPU->host sync to find them.
+    cu_seqlens: Optional[torch.Tensor] = None  # int32 [sequences + 1]
+    max_seqlen: int = 0
 
-    def inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
+    def inputs(self, device: torch.device) -> dict[str, Any]:
         out = {"input_ids": self.input_ids, "answer_index": self.answer_index, "answer_target": self.answer_target}
         if self.attention_mask is not None:
             out["attention_mask"] = self.attention_mask
         if self.position_ids is not None:
             out["position_ids"] = self.position_ids
-        return {k: v.to(device, non_blocking=True) for k, v in out.items()}
+        if self.cu_seqlens is not None:
+            out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = self.cu_seqlens
+        moved: dict[str, Any] = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+        if self.cu_seqlens is not None:
+            moved["max_length_q"] = moved["max_length_k"] = self.max_seqlen
+        return moved
 
 
 @dataclass
@@ -144,9 +153,15 @@ def padded_batch(examples: list[dict[str, list[int]]], pad_id: int) -> MicroBatc
                       real_tokens=sum(len(e["input_ids"]) for e in examples), sequences=len(examples))
 
 
-def packed_batch(rows: list[list[dict[str, list[int]]]], pad_id: int) -> MicroBatch:
-    """Rows of sequences laid end to end; padding at a row's end is a sequence of its own (positions from 0)."""
-    width = max(sum(len(e["input_ids"]) for e in row) for row in rows)
+def packed_batch(rows: list[list[dict[str, list[int]]]], pad_id: int, *, width: int = 0,
+                 varlen: bool = False) -> MicroBatch:
+    """Rows of sequences laid end to end; padding at a row's end is a sequence of its own (positions from 0).
+
+    ``width`` (at least the longest row) lets callers round the width up so that shapes repeat. ``varlen`` adds
+    the boundaries of every sequence (and of each row's padding) in the flattened rows, for variable-length
+    attention.
+    """
+    width = max([width] + [sum(len(e["input_ids"]) for e in row) for row in rows])
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -166,29 +181,87 @@ def packed_batch(rows: list[list[dict[str, list[int]]]], pad_id: int) -> MicroBa
             at += n
         position_ids[r, at:] = torch.arange(width - at)
     index, target = _answer_positions(labels)
-    return MicroBatch(input_ids, None, position_ids, index, target,
-                      real_tokens=sum(len(e["input_ids"]) for row in rows for e in row),
-                      sequences=sum(len(row) for row in rows))
+    batch = MicroBatch(input_ids, None, position_ids, index, target,
+                       real_tokens=sum(len(e["input_ids"]) for row in rows for e in row),
+                       sequences=sum(len(row) for row in rows))
+    if varlen:
+        lengths: list[int] = []
+        for row in rows:
+            lengths += [len(e["input_ids"]) for e in row]
+            rest = width - sum(len(e["input_ids"]) for e in row)
+            if rest:
+                lengths.append(rest)  # the row's padding attends only to itself, as its restarting positions say
+        batch.cu_seqlens = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        batch.max_seqlen = max(lengths)
+    return batch
+
+
+def balanced_rows(lengths: list[int], rows: int) -> list[list[int]]:
+    """Longest-first into the row with the fewest tokens so far: ``rows`` rows of nearly equal length.
+
+    First-fit decreasing fills rows to the width and leaves the last one part-empty (the micro-step's shape is
+    still rows x width); balancing the same number of rows makes the widest row, and so the padded shape, smaller.
+    """
+    out: list[list[int]] = [[] for _ in range(rows)]
+    load = [0] * rows
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = min(range(rows), key=lambda r: load[r])
+        out[r].append(i)
+        load[r] += lengths[i]
+    return [row for row in out if row]
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple if multiple > 1 else n
 
 
 def plan_step(
-    examples: list[dict[str, list[int]]], pad_id: int, *, token_budget: int, packing: bool, row_width: int = 2048
+    examples: list[dict[str, list[int]]], pad_id: int, *, token_budget: int, packing: bool, row_width: int = 2048,
+    balance: bool = False, round_to: int = 1, varlen: bool = False,
 ) -> StepBatches:
-    """Cut one optimizer step's ``examples`` into micro-batches within ``token_budget`` (padded or packed)."""
+    """Cut one optimizer step's ``examples`` into micro-batches within ``token_budget`` (padded or packed).
+
+    Packed only: ``varlen`` puts each micro-step's sequences in ONE row with no padding at all (variable-length
+    attention keeps them apart by their boundaries; the micro-steps are balanced by tokens); otherwise rows of at
+    most ``row_width``, ``balance`` evens out each micro-step's rows and ``round_to`` rounds its width up (so a
+    run meets few distinct shapes: each new one costs kernel plans the first time).
+    """
     lengths = [len(e["input_ids"]) for e in examples]
     step = StepBatches()
     if not packing:
         for group in split_by_budget(lengths, token_budget):
             step.micro.append(padded_batch([examples[i] for i in group], pad_id))
         return step
+    if varlen:
+        for group in _token_groups(lengths, token_budget):
+            step.micro.append(packed_batch([[examples[i] for i in group]], pad_id, varlen=True))
+        return step
     width = max(min(row_width, token_budget), max(lengths))
     rows = pack_rows(lengths, width)
     per_micro = max(1, token_budget // width)
     for start in range(0, len(rows), per_micro):
-        chunk = [[examples[i] for i in row] for row in rows[start:start + per_micro]]
-        step.micro.append(packed_batch(chunk, pad_id))
+        chunk_rows = rows[start:start + per_micro]
+        if balance and len(chunk_rows) > 1:
+            flat = [i for row in chunk_rows for i in row]
+            even = [[flat[j] for j in row] for row in balanced_rows([lengths[i] for i in flat], len(chunk_rows))]
+            if max(sum(lengths[i] for i in row) for row in even) <= width:
+                chunk_rows = even
+        chunk = [[examples[i] for i in row] for row in chunk_rows]
+        widest = max(sum(lengths[i] for i in row) for row in chunk_rows)
+        step.micro.append(packed_batch(chunk, pad_id, width=min(round_up(widest, round_to), max(width, widest))))
     return step
 
 
-__all__ = ["MicroBatch", "StepBatches", "pack_rows", "packed_batch", "packing_unsupported", "padded_batch", "plan_step",
-           "split_by_budget"]
+def _token_groups(lengths: list[int], token_budget: int) -> list[list[int]]:
+    """As few groups as keep every group's total within ``token_budget``, balanced by tokens (longest first)."""
+    total = sum(lengths)
+    groups = max(1, -(-total // max(1, token_budget)))
+    while True:
+        out = balanced_rows(lengths, groups)
+        if all(sum(lengths[i] for i in g) <= token_budget for g in out) or groups >= len(lengths):
+            return out
+        groups += 1
+
+
+__all__ = ["MicroBatch", "StepBatches", "balanced_rows", "pack_rows", "packed_batch", "packing_unsupported",
+           "padded_batch", "plan_step", "round_up", "split_by_budget"]

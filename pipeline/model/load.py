@@ -420,6 +420,7 @@ def load_for_eval(
         kwargs["dtype"] = torch.bfloat16 if gpu_has_bf16(device) else torch.float32
         how = {"mode": "merged" if adapter else "base", "quantization_path": f"none-{SHORT_NAMES[kwargs['dtype']]}",
                "compute_dtype": str(kwargs["dtype"]).replace("torch.", ""), "attention": "sdpa"}
+        kwargs.update(_direct_to_gpu(device))
     model = _loading(resolved, lambda: AutoModelForCausalLM.from_pretrained(resolved, **kwargs))
     if adapter:
         from peft import PeftModel
@@ -431,6 +432,25 @@ def load_for_eval(
         model.to(device)
     model.eval()
     return model, tokenizer, how
+
+
+def _direct_to_gpu(device: torch.device) -> dict[str, Any]:
+    """``device_map`` that makes from_pretrained write the weights straight into GPU memory.
+
+    Without it a 7B bf16 base is materialized in host memory first (13.5 GB) and then copied to the GPU; with it
+    the weight loading of ``python -m pipeline evaluate`` took 1.5-2 s on an H100 (docs/benchmarks.md; the old
+    path was not timed separately). transformers 4.x needs accelerate for a device map; without it the old path
+    (load, then ``.to(device)``) stays.
+    """
+    if device.type != "cuda":
+        return {}
+    import importlib.util
+
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5 and importlib.util.find_spec("accelerate") is None:
+        return {}
+    return {"device_map": {"": device.index if device.index is not None else 0}}
 
 
 def _as_trained_kwargs(record: dict[str, Any], device: torch.device) -> dict[str, Any]:

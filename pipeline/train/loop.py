@@ -88,7 +88,9 @@ class Trainer:
         """One optimizer step's sequences, cut by the memory plan; (mean answer loss, non-padding tokens)."""
         device, module = self.device, self.module
         chosen = [self.examples[i] for i in next(self.batcher)]
-        step = plan_step(chosen, self.pad_id, token_budget=self.plan.token_budget, packing=self.plan.packing)
+        plan = self.plan
+        step = plan_step(chosen, self.pad_id, token_budget=plan.token_budget, packing=plan.packing,
+                         balance=plan.balance, round_to=plan.round_to, varlen=plan.varlen)
         loss = accumulate(module, step, device, autocast=lambda: autocast(self.precision, device),
                           no_sync=module.no_sync if self.dist.enabled else None)
         return float(loss), step.real_tokens  # the one host sync of the step

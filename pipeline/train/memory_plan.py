@@ -38,6 +38,10 @@ class MemoryPlan:
     reason: str
     packing: bool = False  # set by pipeline.train.step.plan_run: data.packing, where packed rows stay apart
     packing_reason: str = ""
+    varlen: bool = False  # set by plan_run: packed micro-steps as one row for variable-length attention
+    varlen_reason: str = ""
+    balance: bool = False  # packed rows evened out within a micro-step (data.pack_balance)
+    round_to: int = 1  # packed widths rounded up to this multiple (data.pack_round_to)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,10 +39,13 @@ class AnswerPositionLoss(torch.nn.Module):
         answer_target: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
+        **attention: Any,
     ) -> torch.Tensor:
+        # ``attention``: the packed micro-step's sequence boundaries (cu_seq_lens_q/k, max_length_q/k) for
+        # variable-length attention; transformers hands them to every layer's attention function.
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                    use_cache=False)[0]
+                                    use_cache=False, **attention)[0]
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, answer_index)
         logits = base.get_output_embeddings()(picked).float()
         return F.cross_entropy(logits, answer_target, reduction="sum")
@@ -75,7 +78,24 @@ def accumulate(
     return total / count
 
 
+def warm_up(module: torch.nn.Module, steps: list[StepBatches], device: torch.device, params: list,
+            *, autocast: Callable[[], Any] = contextlib.nullcontext) -> int:
+    """One forward/backward per distinct micro-step shape among ``steps``, before step 1; gradients dropped.
 
+    Each new shape pays for kernel plans (cuDNN attention) and Triton specializations the first time it runs;
+    paying it here keeps the timed steps steady and tells how many shapes a run meets. Returns that count.
+    """
+    seen: dict[tuple, Any] = {}
+    for step in steps:
+        for micro in step.micro:
+            seen.setdefault(tuple(micro.input_ids.shape), micro)
+    for micro in seen.values():
+        with autocast():
+            loss = module(**micro.inputs(device))
+        (loss * 0.0).backward()
+    for p in params:
+        p.grad = None
+    return len(seen)
 
 
 def plan_run(recipe: Any, model: Any, info: Any, longest: int, device: torch.device, budget_bytes: Optional[int]):
@@ -98,5 +118,39 @@ def plan_run(recipe: Any, model: Any, info: Any, longest: int, device: torch.dev
             f"data.packing falls back to padded micro-batches: {why_not}")
     else:
         plan.packing_reason = "data.packing is false"
+    _plan_rows(recipe, model, plan, device)
     return plan
-__all__ = ["AnswerPositionLoss", "accumulate", "plan_run"]
+
+
+def _plan_rows(recipe: Any, model: Any, plan: Any, device: torch.device) -> None:
+    """Packed rows: variable-length attention where it runs (one row per micro-step, no mask), else balanced rows
+    rounded to ``data.pack_round_to`` (shapes repeat: fewer first-time kernel plans)."""
+    if not plan.packing:
+        return
+    plan.balance = bool(recipe.data.pack_balance)
+    plan.round_to = int(recipe.data.pack_round_to)
+    mode = recipe.model.varlen_attention
+    if mode is False:
+        plan.varlen_reason = "model.varlen_attention is false"
+        return
+    from pipeline.model.varlen import use_varlen, varlen_unavailable
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if str(getattr(base.config, "_attn_implementation", "")).startswith("flash_attention"):
+        # transformers' FlashAttention path already turns restarting position ids into variable-length attention
+        plan.varlen_reason = "flash_attention_2 runs packed rows as variable-length attention itself"
+        return
+    why_not = varlen_unavailable(device)
+    if why_not is not None:
+        if mode is True:
+            from pipeline.core.errors import UnsupportedError
+
+            raise UnsupportedError(f"model.varlen_attention is true but it cannot run here: {why_not}")
+        plan.varlen_reason = f"auto: {why_not}; packed rows use the SDPA block-diagonal mask"
+        return
+    use_varlen(model)
+    plan.varlen = True
+    plan.varlen_reason = "torch.nn.attention.varlen: one row per micro-step, attention within each sequence only"
+
+
+__all__ = ["AnswerPositionLoss", "accumulate", "plan_run", "warm_up"]

@@ -146,6 +146,25 @@ def peer_step(model, examples: list, pad_id: int, device: torch.device, rng: ran
     return total
 
 
+def tuned_step(model, examples: list, device: torch.device, micro: int, answer_tokens: int) -> torch.Tensor:
+    """The tuned peer's step: padding-free micro-batches of ``micro`` sequences (transformers'
+    ``DataCollatorWithFlattening``: one row, position ids restarting per sequence, each sequence's first label -100),
+    the model's own loss (liger's fused linear cross-entropy once patched) over the step's answer tokens."""
+    from transformers import DataCollatorWithFlattening
+
+    collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    total = torch.zeros((), device=device)
+    for start in range(0, len(examples), micro):
+        feats = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples[start:start + micro]]
+        batch = collator(feats, return_tensors="pt")
+        batch = {k: batch[k].to(device) for k in ("input_ids", "labels", "position_ids")}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(**batch, num_items_in_batch=answer_tokens).loss
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
 def legacy_step(module, examples: list, pad_id: int, device: torch.device, micro: int) -> torch.Tensor:
     """The pipeline before issue 13: length-sorted micro-batches of 8, a mean per micro-batch, .item() per micro."""
     from pipeline.data.batching import collate
@@ -164,11 +183,11 @@ def legacy_step(module, examples: list, pad_id: int, device: torch.device, micro
     return torch.tensor(total)
 
 
-def ours_step(module, examples: list, pad_id: int, device: torch.device, budget: int, packing: bool) -> tuple:
+def ours_step(module, examples: list, pad_id: int, device: torch.device, cut: dict) -> tuple:
     from pipeline.data.packing import plan_step
     from pipeline.train.step import accumulate
 
-    step = plan_step(examples, pad_id, token_budget=budget, packing=packing)
+    step = plan_step(examples, pad_id, **cut)
     def auto():
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -179,17 +198,67 @@ def ours_step(module, examples: list, pad_id: int, device: torch.device, budget:
 # Timing one trainer
 
 
+def varlen_check(module, model, base, ctx: dict, device: torch.device, previous: str) -> str:
+    """The same packed sequences through varlen attention and through the SDPA block-diagonal mask (eval mode, no
+    dropout): the answer loss must agree to bf16 rounding, else this transformers does not hand the boundaries to
+    the attention function and varlen must not be used."""
+    from pipeline.data.packing import plan_step
+    from pipeline.model import varlen as vl
+
+    few = ctx["examples"][:4]
+    auto = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), auto:
+            a = plan_step(few, ctx["pad"], token_budget=4096, packing=True, varlen=True).micro[0]
+            got = float(module(**a.inputs(device)))
+            vl.set_attention(base, previous)
+            b = plan_step(few, ctx["pad"], token_budget=4096, packing=True).micro[0]
+            want = float(module(**b.inputs(device)))
+            vl.set_attention(base, vl.NAME)
+    except Exception as exc:  # noqa: BLE001
+        return f"FAILED: {type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        model.train(was)
+    ok = abs(got - want) <= 0.02 * abs(want) + 0.05
+    return f"{'ok' if ok else 'FAILED'}: answer loss {got:.4f} (varlen) vs {want:.4f} (SDPA mask)"
+
+
+def warm_up_shapes(module, params, steps: list, ctx: dict, device: torch.device, cut: dict) -> int:
+    """pipeline.train.step.warm_up over the shapes this run will meet (planned from its steps on the host)."""
+    from pipeline.data.packing import plan_step
+    from pipeline.train.step import warm_up
+
+    planned = [plan_step([ctx["examples"][j] for j in idx], ctx["pad"], **cut) for idx in steps]
+    return warm_up(module, planned, device, params, autocast=lambda: torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def run_trainer(name: str, run_step: Callable[[list], torch.Tensor], params, optimizer, steps: list, examples: list,
-                device: torch.device, warmup: int, profile_dir: Optional[Path]) -> dict:
-    """Warm-up steps, then timed steps; losses of every step; optional profile of the first timed step."""
+                device: torch.device, warmup: int, profile_dir: Optional[Path],
+                before: Optional[Callable[[], Any]] = None) -> dict:
+    """Warm-up steps, then timed steps; losses of every step; optional profile of the first timed step.
+
+    ``before`` (a shape warm-up) runs first and its time is added to the first timed step's, so the loop average
+    includes it. With ``warmup`` 0 every step is timed: the whole loop, first steps included (cold start).
+    """
     losses, times, tokens = [], [], []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    pre_s, shapes = 0.0, None
+    if before is not None:
+        sync(device)
+        t0 = time.perf_counter()
+        shapes = before()
+        sync(device)
+        pre_s = time.perf_counter() - t0
+        print(f"{name}: warm-up over {shapes} shapes took {pre_s:.1f} s", flush=True)
     for i, idx in enumerate(steps):
         chosen = [examples[j] for j in idx]
         prof = _profiler(device) if (profile_dir is not None and i == warmup) else None
@@ -206,13 +275,15 @@ def run_trainer(name: str, run_step: Callable[[list], torch.Tensor], params, opt
         if prof is not None:
             _write_profile(prof, profile_dir / f"profile-{name}.txt", dt)
         elif i >= warmup:
-            times.append(dt)
+            times.append(dt + (pre_s if not times else 0.0))
             tokens.append(sum(len(e["input_ids"]) for e in chosen))
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"trainer": name, "tokens_per_s": sum(tokens) / sum(times) if times else None,
             "median_step_s": statistics.median(times) if times else None, "timed_steps": len(times),
             "step_times_s": [round(t, 4) for t in times], "peak_gib": peak, "losses": losses,
-            "final_loss": losses[-1], "mean_last5": sum(losses[-5:]) / len(losses[-5:])}
+            "final_loss": losses[-1], "mean_last5": sum(losses[-5:]) / len(losses[-5:]),
+            "warm_up_s": round(pre_s, 2), "warm_up_shapes": shapes,
+            "first5_tokens_per_s": sum(tokens[:5]) / sum(times[:5]) if times else None}
 
 
 class _null:
@@ -290,9 +361,64 @@ def run_peer(base, args, ctx: dict) -> dict:
     return res
 
 
+def tuned_micro(model, params, steps: list, examples: list, device: torch.device, per_step: int) -> int:
+    """As many sequences per micro-step as fit: the largest of per_step, per_step/2, ... whose heaviest micro-batch
+    in this run survives one forward/backward (what a user finds by trying). Untimed; gradients dropped."""
+    if device.type != "cuda":
+        return per_step
+    micro = per_step
+    while micro > 1:
+        chunks = [[examples[j] for j in idx[s:s + micro]] for idx in steps for s in range(0, len(idx), micro)]
+        heaviest = max(chunks, key=lambda c: sum(len(e["input_ids"]) for e in c))
+        try:
+            tuned_step(model, heaviest, device, micro, answer_tokens=1)
+            return micro
+        except torch.cuda.OutOfMemoryError:
+            print(f"tuned peer: {micro} sequences per micro-step do not fit", flush=True)
+            micro //= 2
+        finally:
+            for p in params:
+                p.grad = None
+            torch.cuda.empty_cache()
+    return 1
+
+
+def run_tuned(base, args, ctx: dict) -> dict:
+    """HF + PEFT + liger (RoPE, RMSNorm, SwiGLU, fused linear cross-entropy), no checkpointing, padding-free
+    packing, as many sequences per micro-step as fit, gradient accumulation for the rest."""
+    device = ctx["device"]
+    kernels = "none (CPU smoke run: liger needs a GPU)"
+    if device.type == "cuda":  # on a GPU the tuned peer is nothing without its kernels: a missing liger fails it
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        # The documented instance patch; with fused_linear_cross_entropy liger replaces the causal LM's forward, so
+        # the model's own loss (labels, num_items_in_batch) never builds the full logits. Patches the base for
+        # good: the run order puts the standard recipe before this.
+        apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=True, model=base)
+        ctx["kernels"] = ("liger", "tuned peer")
+        kernels = "liger RoPE, RMSNorm, SwiGLU, fused linear cross-entropy"
+    model = add_lora(base, args.seed)
+    params, opt = make_optimizer(model, device, args.lr)
+    steps = ctx["steps"][:args.steps]
+    micro = tuned_micro(model, params, steps, ctx["examples"], device, args.per_step)
+
+    def one(chosen: list) -> torch.Tensor:
+        answer = sum(sum(1 for x in e["labels"][1:] if x != -100) for e in chosen)
+        return tuned_step(model, chosen, device, micro, answer)
+
+    res = run_trainer("tuned", one, params, opt, steps, ctx["examples"], device, args.warmup,
+                      ctx["profile"] if "tuned" in PROFILED else None)
+    res["micro_sequences"], res["kernels"] = micro, kernels
+    ctx["tuned_peak_gib"] = res["peak_gib"]
+    strip(model, base)
+    return res
+
+
 def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpointing: Any = "auto",
              budget: Any = "auto", packing: bool = False, kernels: Any = "none", cap_gb: Optional[float] = None,
-             steps: int = 0) -> dict:
+             steps: int = 0, varlen: Any = False, balance: bool = False, round_to: int = 1,
+             warmup_shapes: bool = False) -> dict:
     from pipeline.model.kernels import apply_kernels
     from pipeline.model.load import enable_checkpointing
     from pipeline.train import memory_plan
@@ -321,24 +447,53 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     if packing and packing_unsupported("sdpa"):
         print(f"{name}: no packing: {packing_unsupported('sdpa')}", flush=True)
         packing = False
+    from pipeline.model import varlen as vl
+
+    use_varlen = packing and varlen is not False and (vl.varlen_unavailable(device) is None or device.type == "cpu")
+    if varlen is True and not use_varlen:
+        raise RuntimeError(f"{name}: varlen attention cannot run here: {vl.varlen_unavailable(device)}")
+    previous_attention = vl.use_varlen(base) if use_varlen else None
     model = add_lora(base, args.seed)
     if plan.gradient_checkpointing:
         enable_checkpointing(model)
     params, opt = make_optimizer(model, device, args.lr)
     module = AnswerLoss(model) if legacy else AnswerPositionLoss(model)
-    seen = {"max_micro_tokens": 0}
+    varlen_note = None
+    if use_varlen:
+        varlen_note = varlen_check(module, model, base, ctx, device, previous_attention)
+        if varlen_note.startswith("FAILED"):  # this stack passes the boundaries differently: rows instead
+            print(f"{name}: {varlen_note}; falling back to packed rows", flush=True)
+            vl.set_attention(base, previous_attention)
+            use_varlen, previous_attention = False, None
+    seen = {"max_micro_tokens": 0, "shapes": set()}
+    launches0 = vl.launches
+    cut = dict(token_budget=plan.token_budget, packing=packing, balance=balance, round_to=round_to, varlen=use_varlen)
 
     def one(chosen: list) -> torch.Tensor:
         if legacy:
             return legacy_step(module, chosen, ctx["pad"], device, args.micro)
-        loss, step = ours_step(module, chosen, ctx["pad"], device, plan.token_budget, packing)
+        loss, step = ours_step(module, chosen, ctx["pad"], device, cut)
         seen["max_micro_tokens"] = max([seen["max_micro_tokens"]] + [int(m.input_ids.numel()) for m in step.micro])
+        seen["shapes"].update(tuple(m.input_ids.shape) for m in step.micro)
         return loss
 
     fixed = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    res = run_trainer(name, one, params, opt, ctx["steps"][:steps or args.steps], ctx["examples"], device,
-                      args.warmup, ctx["profile"] if name in PROFILED else None)
-    strip(model, base)
+    run_steps = ctx["steps"][:steps or args.steps]
+    pre = None
+    if warmup_shapes and not legacy:  # timed as part of the loop: its cost belongs to the run
+        pre = lambda: warm_up_shapes(module, params, run_steps, ctx, device, cut)  # noqa: E731
+    try:
+        res = run_trainer(name, one, params, opt, run_steps, ctx["examples"], device,
+                          args.warmup, ctx["profile"] if name in PROFILED else None, before=pre)
+    finally:
+        strip(model, base)
+        if previous_attention is not None:
+            vl.set_attention(base, previous_attention)
+    plan.varlen, plan.balance, plan.round_to = use_varlen, balance, round_to
+    plan.packing = packing
+    res["distinct_shapes"] = len(seen["shapes"])
+    res["varlen"], res["varlen_check"], res["varlen_launches"] = use_varlen, varlen_note, vl.launches - launches0
+    res["balance"], res["round_to"] = balance, round_to
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
     res["plan"] = plan.to_dict()
@@ -349,7 +504,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     return res
 
 
-PROFILED = ("ours-before", "ours", "packing-again", "liger-swiglu")
+PROFILED = ("ours-before", "ours", "ours-rows", "tuned", "packing-again", "liger-swiglu")
 KERNEL_STUDY = [  # shapes seen once, then again (cuDNN attention plans are cached per shape), then liger part by part
     ("packing-first", dict(checkpointing="auto", budget="auto", packing=True)),
     ("packing-again", dict(checkpointing="auto", budget="auto", packing=True)),
@@ -375,7 +530,24 @@ def recipe_settings(path: Path) -> dict:
     if r.train.micro_batch_tokens is None:
         return dict(legacy=True, checkpointing=r.model.gradient_checkpointing)
     return dict(checkpointing=r.model.gradient_checkpointing, budget=r.train.micro_batch_tokens,
-                packing=r.data.packing, kernels=r.model.kernels)
+                packing=r.data.packing, kernels=r.model.kernels,
+                varlen={"auto": "auto", True: True, False: False}[r.model.varlen_attention],
+                balance=r.data.pack_balance, round_to=r.data.pack_round_to)
+
+
+def named_trainers(default: dict) -> dict[str, dict]:
+    """``--only`` names -> run_ours keywords (``peer``, ``tuned`` and ``ours-cap`` are handled in main)."""
+    rows = {**default, "varlen": False}
+    return {
+        "ours": default,
+        # the default of the first speed round (issue 13): packed rows of up to 2,048, first-fit, SDPA mask
+        "ours-round1": {**default, "varlen": False, "balance": False, "round_to": 1},
+        # the ROCm / no-varlen fallback of this round: rows balanced within a micro-step, widths rounded to 128
+        "ours-rows": rows,
+        "ours-rows-warmup": {**rows, "warmup_shapes": True},
+        "ours-warmup": {**default, "warmup_shapes": True},
+        "ours-nokernels": {**default, "kernels": "none"},
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -400,6 +572,10 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--kernel-study", type=int, default=0, metavar="STEPS",
                     help="instead of peer/levers: packing twice, then liger's RoPE, RMSNorm, SwiGLU one by one")
+    ap.add_argument("--only", default=None, metavar="A,B",
+                    help="run just these trainers, in order: peer (standard recipe), tuned (HF+PEFT+liger, padding-"
+                         "free), ours, ours-round1, ours-rows, ours-warmup, ours-rows-warmup, ours-nokernels, ours-cap")
+    ap.add_argument("--cap-steps", type=int, default=0, help="steps of ours-cap (default --steps)")
     ap.add_argument("--profile", default=None, help="folder for torch.profiler tables of one step each")
     ap.add_argument("--out", default=None, help="write all numbers as JSON here")
     args = ap.parse_args(argv)
@@ -451,18 +627,23 @@ def versions() -> dict:
 
 def table(results: list[dict], meta: dict) -> str:
     peer = next((r for r in results if r["trainer"] == "peer"), None)
+    tuned = next((r for r in results if r["trainer"] == "tuned"), None)
     lines = [f"{'trainer':<20} {'tok/s':>8} {'step s':>7} {'peak GiB':>8} {'loss end':>9} {'last5':>8} "
-             f"{'TFLOP/s':>8} {'% mm':>5} {'x peer':>7} {'loss vs peer':>12}"]
+             f"{'TFLOP/s':>8} {'% mm':>5} {'x peer':>7} {'loss vs peer':>12} {'x tuned':>7} {'first5':>7} "
+             f"{'shapes':>6}"]
     for r in results:
         tps = r["tokens_per_s"] or 0.0
         tflops = 4 * meta["base_params"] * tps / 1e12
         pct = f"{100 * tflops / meta['matmul_tflops']:.0f}" if meta.get("matmul_tflops") else "-"
+        vs_tuned = f"{tps / tuned['tokens_per_s']:.2f}" if tuned and tuned["tokens_per_s"] else "-"
         ratio = f"{tps / peer['tokens_per_s']:.2f}" if peer and peer["tokens_per_s"] else "-"
         same_len = peer and len(peer["losses"]) == len(r["losses"])
         dloss = f"{100 * (r['final_loss'] / peer['final_loss'] - 1):+.2f}%" if same_len else "-"
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
         lines.append(f"{r['trainer']:<20} {tps:8.0f} {r['median_step_s'] or 0:7.3f} {peak:>8} {r['final_loss']:9.4f} "
-                     f"{r['mean_last5']:8.4f} {tflops:8.1f} {pct:>5} {ratio:>7} {dloss:>12}")
+                     f"{r['mean_last5']:8.4f} {tflops:8.1f} {pct:>5} {ratio:>7} {dloss:>12} "
+                     f"{vs_tuned:>7} "
+                     f"{r.get('first5_tokens_per_s') or 0:7.0f} {r.get('distinct_shapes', '-')!s:>6}")
     return "\n".join(lines)
 
 
@@ -470,6 +651,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse(argv)
     ctx = prepare(args)
     device = ctx["device"]
+    if device.type == "cuda" and not ctx["nf4"]:
+        # Every trainer needs bitsandbytes on a GPU (NF4 base, paged 8-bit AdamW): say so before a 13.5 GB load.
+        print("bitsandbytes is not installed: the QLoRA trainers cannot run on this GPU (carry its wheel)", flush=True)
+        return 2
     t0 = time.perf_counter()
     base = load_base(args.model, device, ctx["nf4"])
     meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
@@ -518,30 +703,58 @@ def main(argv: Optional[list[str]] = None) -> int:
                  **recipe_settings(Path(args.recipe)))
         print(table(results, meta))
         return 0 if not meta.get("failed") else 1
-    record(lambda: run_peer(base, args, ctx), "peer")
-    levers = LEVERS if args.levers else []
+    if args.only:
+        run_named(args, base, ctx, record, ours)
+        levers = []
+    else:
+        record(lambda: run_peer(base, args, ctx), "peer")
+        levers = LEVERS if args.levers else []
     for name, kw in levers[:-1]:  # kernels patch the base for good: the liger lever comes after the default run
         ours(name, args.levers, **kw)
     default = recipe_settings(Path(args.recipe))
-    default_kernels = default.get("kernels", "none") != "none"
-    if levers and not default_kernels:
-        ours(levers[-1][0], args.levers, **levers[-1][1])
-    ours("ours", **default)
-    if levers and default_kernels:
-        ours(levers[-1][0], args.levers, **levers[-1][1])
-    if args.cap_gb:
-        ours(f"ours-{args.cap_gb:g}GiB", args.levers, cap_gb=args.cap_gb, **default)
+    if not args.only:
+        default_kernels = default.get("kernels", "none") != "none"
+        if levers and not default_kernels:
+            ours(levers[-1][0], args.levers, **levers[-1][1])
+        ours("ours", **default)
+        if levers and default_kernels:
+            ours(levers[-1][0], args.levers, **levers[-1][1])
+        if args.cap_gb:
+            ours(f"ours-{args.cap_gb:g}GiB", args.levers, cap_gb=args.cap_gb, **default)
     if not results:
         return 1
     print(table(results, meta))
-    mine = next((r for r in results if r["trainer"] == "ours"), None)
-    peer = next((r for r in results if r["trainer"] == "peer"), None)
     step_tokens = meta["mean_tokens_per_sequence"] * args.per_step
-    if mine and peer and mine["tokens_per_s"]:
-        print(f"seed recipe projected on this device: 3000 steps x {args.per_step} sequences = "
-              f"{3000 * step_tokens / mine['tokens_per_s'] / 60:.1f} min (ours), "
-              f"{3000 * step_tokens / peer['tokens_per_s'] / 60:.1f} min (peer)")
+    for r in results:
+        if r["trainer"].startswith("ours") and r["tokens_per_s"]:
+            print(f"{r['trainer']}: seed recipe projected on this device: 3000 steps x {args.per_step} sequences = "
+                  f"{3000 * step_tokens / r['tokens_per_s'] / 60:.1f} min")
+    peer = next((r for r in results if r["trainer"] == "peer"), None)
+    if peer and peer["tokens_per_s"]:
+        print(f"peer: seed recipe projected on this device: {3000 * step_tokens / peer['tokens_per_s'] / 60:.1f} min")
     return 0 if not meta.get("failed") else 1
+
+
+def run_named(args, base, ctx: dict, record: Callable, ours: Callable) -> None:
+    """``--only a,b,c``: these trainers in this order (the standard peer must come before anything that patches
+    the base with liger's kernels)."""
+    default = recipe_settings(Path(args.recipe))
+    named = named_trainers(default)
+    for name in args.only.split(","):
+        if name == "peer":
+            record(lambda: run_peer(base, args, ctx), "peer")
+        elif name == "tuned":
+            record(lambda: run_tuned(base, args, ctx), "tuned")
+        elif name == "ours-cap":
+            ours(f"ours-{args.cap_gb:g}GiB", args.cap_steps or args.steps, cap_gb=args.cap_gb, **default)
+        elif name == "ours-matched":  # capped at the tuned peer's measured peak: the same memory as the peer
+            cap = ctx.get("tuned_peak_gib")
+            if cap:
+                ours("ours-at-tuned-peak", args.cap_steps or args.steps, cap_gb=cap, **default)
+        elif name in named:
+            ours(name, **named[name])
+        else:
+            raise SystemExit(f"--only: unknown trainer {name!r} (peer, tuned, ours-cap, {', '.join(named)})")
 
 
 if __name__ == "__main__":

@@ -36,3 +36,23 @@ def test_bench_runs_on_cpu_with_a_tiny_model(tmp_path):
     ours = next(r for r in data["results"] if r["trainer"] == "ours")
     assert len(ours["losses"]) == len(data["results"][0]["losses"]) == 3
     assert ours["plan"]["gradient_checkpointing"] is False  # the seed recipe's auto on a CPU
+
+
+@pytest.mark.slow
+def test_bench_three_way_on_cpu_same_first_loss(tmp_path):
+    """--only peer,ours,tuned,ours-rows: the standard recipe, ours and the tuned peer (padding-free
+    DataCollatorWithFlattening batches, the model's own loss) see the same steps; step 1's loss is the base model's
+    for all of them, every step is timed (--warmup 0), and the table names both ratios."""
+    out = tmp_path / "three.json"
+    cmd = [sys.executable, str(ROOT / "scripts/bench/train_throughput.py"), "--tiny", "--steps", "2", "--warmup", "0",
+           "--limit", "24", "--per-step", "8", "--micro", "4", "--only", "peer,ours,tuned,ours-rows", "--out", str(out)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", KIT_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "x tuned" in proc.stdout
+    data = json.loads(out.read_text())
+    by = {r["trainer"]: r for r in data["results"]}
+    assert list(by) == ["peer", "ours", "tuned", "ours-rows"]
+    for r in by.values():
+        assert r["timed_steps"] == 2 and r["losses"][0] == pytest.approx(by["peer"]["losses"][0], rel=1e-4)
+    assert by["tuned"]["micro_sequences"] == 8 and by["ours"]["varlen"] is True and by["ours-rows"]["varlen"] is False
