@@ -117,6 +117,17 @@ def test_compose_passes_the_image_id_into_the_jobs():
     assert unset["finetune"]["environment"]["KIT_IMAGE_ID"] == ""
 
 
+@needs_compose
+def test_compile_caches_persist_in_the_bound_cache_folder():
+    # A fresh container must find the Triton/inductor kernels earlier runs compiled (cold steps cost seconds each).
+    for vendor in ("cpu", "rocm", "cuda"):
+        config = compose_config(vendor)
+        for name, service in config["services"].items():
+            env = service["environment"]
+            assert env["TRITON_CACHE_DIR"] == "/cache/triton" and env["TORCHINDUCTOR_CACHE_DIR"] == "/cache/inductor"
+            assert any(v["target"] == "/cache" and v["type"] == "bind" for v in service["volumes"]), name
+
+
 def fake_docker(tmp_path: Path, images: dict[str, str]) -> str:
     """A `docker` that answers `image inspect --format {{.Id}} NAME` for the given images (else fails, as docker
     does for an unknown image) and logs its arguments to tmp_path/docker.log."""
