@@ -29,7 +29,7 @@ from pipeline.report import build as rep
 from pipeline.report.run_facts import data_facts, eval_facts, training_facts
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import fsdp, memory_plan, resume_policy
-from pipeline.train.distributed import Dist, setup_distributed, shutdown
+from pipeline.train.distributed import Dist, lost_ranks_error, setup_distributed, shutdown
 from pipeline.train.guard import guard_adapters
 from pipeline.train.loop import LoopState, Trainer, checkpoint_if_due, train_loop
 from pipeline.train.optim import build_optimizer, seed_everything
@@ -93,6 +93,13 @@ class FineTuneRun:
                     self._clean_after_killed_runs(previous)
                 self.dist.barrier()
                 return self._phases()
+        except Exception as exc:
+            # A node that died mid-step: name the lost ranks and the checkpoint to resume from, not a gloo trace.
+            lost = lost_ranks_error(exc, self.dist, step=self.state.step, output_dir=self.output_dir,
+                                    last_checkpoint=ckpt.latest_checkpoint(self.output_dir))
+            if lost is None:
+                raise
+            raise lost from exc
         finally:
             shutdown(self.dist)  # also after an error: no "destroy_process_group() was not called"
 
