@@ -61,7 +61,8 @@ class FineTuneRun:
         self.run_changes: list[dict[str, Any]] = []  # every recipe/data change made on a resume, with its step
         self.resumed_from: Optional[str] = None
         self.started_at, self.t_start = rep.utc_now(), time.monotonic()
-        self.dist = setup_distributed(recipe.distributed.timeout_minutes)
+        self.dist = setup_distributed(recipe.distributed.timeout_minutes,
+                                      group_of_one=recipe.distributed.strategy == "fsdp")
         self.fsdp = self.dist.enabled and recipe.distributed.strategy == "fsdp"
         self.device = choose_device(recipe.train.device)
         if self.fsdp:
@@ -223,7 +224,9 @@ class FineTuneRun:
         def after_step() -> None:
             run = resume_policy.run_info(self.recipe.to_dict(), self.data.facts, self.run_changes,
                                          world_size=self.dist.world_size)
-            checkpoint_if_due(self.trainer, self.state, self.output_dir, run)
+            # FSDP: every rank takes part in gathering the adapter and optimizer state (pipeline/train/fsdp.py).
+            (fsdp.checkpoint_if_due if self.fsdp else checkpoint_if_due)(self.trainer, self.state, self.output_dir,
+                                                                         run)
 
         train_loop(self.trainer, self.state, plain=self.plain, after_step=after_step, on_step=self.on_step)
 

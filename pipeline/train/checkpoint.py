@@ -87,6 +87,9 @@ def save_checkpoint(
     keep: int,
     run: Optional[dict[str, Any]] = None,
     rng_states: Optional[list[dict[str, Any]]] = None,
+    adapter_state: Optional[dict[str, torch.Tensor]] = None,
+    optimizer_state: Optional[dict[str, Any]] = None,
+    sharding: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints.
 
@@ -94,6 +97,8 @@ def save_checkpoint(
     ``rng_states``: every rank's RNG state in rank order (a data-parallel run); default: this process's alone.
     Stale temporaries are not removed here: only the folder's owner may, once, when it takes the folder
     (``clean_orphans``); a save cannot tell a dead writer's temporary from a live one's.
+    FSDP (pipeline/train/fsdp.py) passes the gathered ``adapter_state`` and full ``optimizer_state`` (keyed by
+    parameter names), and ``sharding`` ({"strategy": "fsdp", "state_dict": "full", "world_size": N}) for resume.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,15 +106,19 @@ def save_checkpoint(
     # Adapter + optimizer moments: lets a writer's opaque failure on a full disk be recognized (kit.atomic).
     expected = 3 * trainable_bytes(model)
     with atomic.folder(final, prefix=f"{TMP_PREFIX}{step}-", expected_bytes=expected) as tmp:
-        model.save_pretrained(tmp / "adapter")
+        if adapter_state is None:
+            model.save_pretrained(tmp / "adapter")
+        else:
+            write_peft_adapter(model, tmp / "adapter", adapter_state)
         _save_tensors(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng_per_rank": rng_states or [rng_state()]},
+            {"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng_per_rank": rng_states or [rng_state()]},
             tmp / "training_state.pt",
         )
-        (tmp / "state.json").write_text(
-            json.dumps({"step": step, "batcher": batcher_state, "history": history}, indent=1)
-        )
+        facts = {"step": step, "batcher": batcher_state, "history": history}
+        if sharding is not None:
+            facts["sharding"] = sharding
+        (tmp / "state.json").write_text(json.dumps(facts, indent=1))
         if run is not None:
             (tmp / RUN_FILE).write_text(json.dumps(run, indent=1, default=str))
         (tmp / COMPLETE).write_text(f"{step}\n")
@@ -117,6 +126,25 @@ def save_checkpoint(
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_peft_adapter(peft_model: Any, folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """``state`` (gathered LoRA tensors named as in the unwrapped peft model) in peft's format, written directly.
+
+    Not ``save_pretrained(state_dict=...)``: peft >= 0.18 picks the adapter's entries by walking the model's modules,
+    whose names under FSDP hold ``_fsdp_wrapped_module.``, so it silently kept only the LoRA tensors outside the
+    decoder-layer units (lm_head) and the adapter files were nearly empty.
+    """
+    from safetensors.torch import save_file
+
+    name = getattr(peft_model, "active_adapter", "default")
+    name = name if isinstance(name, str) else name[0]
+    # peft's file format drops the adapter's name: "...lora_A.default.weight" -> "...lora_A.weight".
+    tensors = {re.sub(rf"\.{re.escape(name)}\.", ".", key): value.contiguous() for key, value in state.items()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    peft_model.peft_config[name].save_pretrained(str(folder))
 
 
 def trainable_bytes(model: Any) -> int:

@@ -143,10 +143,15 @@ def lost_ranks_error(exc: BaseException, dist: Dist, *, step: int, output_dir: P
         f"(distributed.timeout_minutes bounds how long a rank waits for a silent peer)")
 
 
-def setup_distributed(timeout_minutes: float = 30.0) -> Dist:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK), once."""
+def setup_distributed(timeout_minutes: float = 30.0, *, group_of_one: bool = False) -> Dist:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK), once.
+
+    ``group_of_one``: also form a group of one rank when torchrun started a single process (FSDP needs a process
+    group even then; ``torchrun --nproc-per-node 1`` runs the FSDP path on one GPU). Plain ``python`` never does.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    if world_size <= 1 and not (group_of_one and launched):
         return Dist()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not torch.distributed.is_initialized():

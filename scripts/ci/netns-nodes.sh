@@ -4,7 +4,8 @@
 #   scripts/ci/netns-nodes.sh up TAG [SUBNET]   # namespaces kit-TAG-0 and kit-TAG-1, hosts kit-TAG-0/1
 #   scripts/ci/netns-nodes.sh down TAG          # kills every process inside them (by pid), removes them
 # SUBNET: the first three octets of a private /24 used only between these two namespaces (default 10.251.0):
-# node 0 is SUBNET.1, node 1 is SUBNET.2, both on an interface named kit0 (GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME=kit0).
+# node 0 is SUBNET.1 (and SUBNET.101, named kit-TAG-0-data), node 1 is SUBNET.2, both on an interface named kit0
+# (GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME=kit0).
 # Nothing is routed out: the namespaces have no default route and no link to the host's interfaces.
 # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts over /etc/hosts for what it starts; run a node's command with
 # `ip netns exec kit-TAG-N unshare --uts sh -c 'hostname kit-TAG-N; exec ...'` so its hostname is its own, which is
@@ -37,8 +38,8 @@ up() {
         ns="kit-$tag-$n"
         ip netns add "$ns"
         mkdir -p "/etc/netns/$ns"
-        printf '127.0.0.1 localhost\n%s.1 kit-%s-0\n%s.2 kit-%s-1\n' "$subnet" "$tag" "$subnet" "$tag" \
-            > "/etc/netns/$ns/hosts"
+        printf '127.0.0.1 localhost\n%s.1 kit-%s-0\n%s.2 kit-%s-1\n%s.101 kit-%s-0-data\n' \
+            "$subnet" "$tag" "$subnet" "$tag" "$subnet" "$tag" > "/etc/netns/$ns/hosts"
     done
     ip link add "kv-$tag-0" type veth peer name "kv-$tag-1"
     for n in 0 1; do
@@ -49,6 +50,9 @@ up() {
         ip -n "$ns" link set kit0 up
         ip -n "$ns" link set lo up
     done
+    # A second address on node 0 with its own name, as a node's InfiniBand address would be: the rendezvous can be
+    # named by it (KIT_RDZV_HOST=kit-TAG-0-data), and a test can make it unreachable from node 1 alone.
+    ip -n "kit-$tag-0" addr add "$subnet.101/24" dev kit0
     echo "netns-nodes: kit-$tag-0 ($subnet.1) and kit-$tag-1 ($subnet.2) up, interface kit0"
 }
 

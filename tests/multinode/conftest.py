@@ -4,9 +4,11 @@ fixture kills every process in them by pid and removes them, also when a test fa
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,7 +74,7 @@ class Nodes:
         return killed
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def nodes():
     reason = _missing()
     if reason:
@@ -85,3 +87,49 @@ def nodes():
     finally:
         # Kills whatever is left in the namespaces (by pid) and deletes them, whatever the test did.
         subprocess.run(["bash", str(NETNS), "down", tag], capture_output=True, timeout=60)
+
+
+STEPS, CHECKPOINT_EVERY = 6, 3
+
+
+def finetune_args(cmd: list[str]) -> list[str]:
+    """``python -m pipeline finetune --recipe R <these>``: the arguments after the recipe."""
+    return cmd[cmd.index("--recipe") + 2:]
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir, tmp_path_factory):
+    """One process, global batch 8, STEPS steps, checkpoints every CHECKPOINT_EVERY, evaluated on 6 questions:
+    what the four ranks on two nodes must reproduce (torchrun here, Slurm in test_slurm_two_nodes.py)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.pipeline.recipe_helpers import write_questions
+    from tests.pipeline.test_ddp import _env, _finetune_cmd
+
+    folder = tmp_path_factory.mktemp("multinode")
+    train = write_questions(folder / "train.jsonl", 24)
+    evaluation = write_questions(folder / "eval.jsonl", 6, offset=5)
+    out = folder / "one"
+    cmd = _finetune_cmd(1, tiny_model_dir, train, out, STEPS, f"data.eval={evaluation}", "eval.scoring=cloze",
+                        f"train.checkpoint_every={CHECKPOINT_EVERY}")
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dict(train=train, eval=evaluation, out=out, report=json.loads((out / "report.json").read_text()))
+
+
+def four_rank_args(tiny_model_dir: Path, reference: dict, out: Path, *extra: str) -> list[str]:
+    """The reference run's settings for 4 ranks (train.batch_size 2: the same global batch of 8)."""
+    from tests.pipeline.test_ddp import _finetune_cmd
+
+    return finetune_args(_finetune_cmd(4, tiny_model_dir, reference["train"], out, STEPS,
+                                       f"train.checkpoint_every={CHECKPOINT_EVERY}", *extra))
+
+
+def predictions(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
+
+
+def assert_same_predictions(out: Path, reference_out: Path) -> None:
+    mine, alone = predictions(out), predictions(reference_out)
+    assert [p["predicted"] for p in mine] == [p["predicted"] for p in alone]
+    for a, b in zip(mine, alone, strict=True):
+        assert list(a["scores"].values()) == pytest.approx(list(b["scores"].values()), abs=1e-3)

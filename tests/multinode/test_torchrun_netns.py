@@ -22,12 +22,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.pipeline.recipe_helpers import write_questions
+from tests.multinode.conftest import CHECKPOINT_EVERY, STEPS, assert_same_predictions, four_rank_args
 from tests.pipeline.test_ddp import _assert_same_run, _env, _finetune_cmd
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.multinode, pytest.mark.slow]
-STEPS, CHECKPOINT_EVERY = 6, 3
 
 
 def compose_node_command(values: dict[str, str], module: str = "pipeline") -> list[str]:
@@ -48,11 +47,6 @@ def compose_node_command(values: dict[str, str], module: str = "pipeline") -> li
 
 def node_environment() -> list[str]:
     return list(yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["finetune-node"]["environment"])
-
-
-def _overrides(cmd: list[str]) -> list[str]:
-    """``python -m pipeline finetune --recipe R <these>``: the arguments after the recipe."""
-    return cmd[cmd.index("--recipe") + 2:]
 
 
 def _start_two_nodes(nodes, port: int, args: list[str], *, module: str = "pipeline", extra_env=None):
@@ -78,30 +72,6 @@ def _finish(procs, timeout: float = 420) -> list[str]:
     return outputs
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir, tmp_path_factory):
-    """One process, global batch 8, STEPS steps, checkpoints every CHECKPOINT_EVERY, evaluated on 6 questions."""
-    folder = tmp_path_factory.mktemp("multinode")
-    train = write_questions(folder / "train.jsonl", 24)
-    evaluation = write_questions(folder / "eval.jsonl", 6, offset=5)
-    out = folder / "one"
-    cmd = _finetune_cmd(1, tiny_model_dir, train, out, STEPS, f"data.eval={evaluation}", "eval.scoring=cloze",
-                        f"train.checkpoint_every={CHECKPOINT_EVERY}")
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return dict(train=train, eval=evaluation, out=out, report=json.loads((out / "report.json").read_text()))
-
-
-def _args(tiny_model_dir, reference, out: Path, *extra: str) -> list[str]:
-    cmd = _finetune_cmd(4, tiny_model_dir, reference["train"], out, STEPS,
-                        f"train.checkpoint_every={CHECKPOINT_EVERY}", *extra)
-    return _overrides(cmd)
-
-
-def _predictions(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "eval" / "predictions.jsonl").read_text().splitlines()]
-
-
 def test_the_compose_node_service_passes_the_settings_the_test_uses():
     env = node_environment()
     assert "GLOO_SOCKET_IFNAME" in env and "NCCL_SOCKET_IFNAME" in env
@@ -112,7 +82,7 @@ def test_the_compose_node_service_passes_the_settings_the_test_uses():
 
 def test_four_ranks_on_two_nodes_train_and_evaluate_as_one_process(nodes, tiny_model_dir, reference, tmp_path):
     out = tmp_path / "two-nodes"
-    args = _args(tiny_model_dir, reference, out, f"data.eval={reference['eval']}", "eval.scoring=cloze")
+    args = four_rank_args(tiny_model_dir, reference, out, f"data.eval={reference['eval']}", "eval.scoring=cloze")
     outputs = _finish(_start_two_nodes(nodes, 29611, args))
     report = json.loads((out / "report.json").read_text())
     training = report["training"]
@@ -120,10 +90,7 @@ def test_four_ranks_on_two_nodes_train_and_evaluate_as_one_process(nodes, tiny_m
     assert training["distributed"]["backend"] == "gloo"
     _assert_same_run(report, out, reference["report"], reference["out"])
     # Evaluation sharded over the four ranks (6 questions: shares 2, 2, 1, 1), gathered on rank 0.
-    mine, alone = _predictions(out), _predictions(reference["out"])
-    assert [p["predicted"] for p in mine] == [p["predicted"] for p in alone]
-    for a, b in zip(mine, alone, strict=True):
-        assert list(a["scores"].values()) == pytest.approx(list(b["scores"].values()), abs=1e-3)
+    assert_same_predictions(out, reference["out"])
     assert report["eval"]["after"]["count"] == 6
     assert outputs[0].count(f"step {STEPS}/{STEPS}") == 1 and f"step {STEPS}/{STEPS}" not in outputs[1]
 
@@ -132,7 +99,7 @@ def test_a_node_dies_mid_step_node_0_names_the_lost_ranks_and_resume_gives_the_u
         nodes, tiny_model_dir, reference, tmp_path):
     out, mark = tmp_path / "killed", tmp_path / "node1-in-step"
     timeout_minutes = 0.5
-    args = _args(tiny_model_dir, reference, out, f"distributed.timeout_minutes={timeout_minutes}")
+    args = four_rank_args(tiny_model_dir, reference, out, f"distributed.timeout_minutes={timeout_minutes}")
     stall_step = CHECKPOINT_EVERY + 2  # inside step 5: checkpoint-3 is complete, step 4 done, step 5 half begun
     procs = _start_two_nodes(nodes, 29612, args, module="tests.multinode.stall",
                              extra_env={"KIT_TEST_STALL_NODE": "1", "KIT_TEST_STALL_STEP": str(stall_step),
