@@ -231,8 +231,10 @@ class FineTuneRun:
         train_loop(self.trainer, self.state, plain=self.plain, after_step=after_step, on_step=self.on_step)
 
     def save(self) -> None:
+        # FSDP: every rank takes part in gathering the sharded adapter; rank 0 writes it.
+        gathered = fsdp.gather_adapter(self.model) if self.fsdp else None
         ckpt.save_adapter(self.model, self.tokenizer, self.output_dir / "adapter", build_record(self.recipe, self.info),
-                          use_fsdp=self.fsdp, main=self.dist.main)
+                          adapter_state=gathered, main=self.dist.main)
         self.dist.barrier()
 
     def evaluate_after(self) -> None:

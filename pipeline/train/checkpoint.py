@@ -219,18 +219,16 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer,
     return state
 
 
-def save_adapter(model: Any, tokenizer: Any, dest: Path, record: dict[str, Any], *, use_fsdp: bool = False,
-                 main: bool = True) -> None:
+def save_adapter(model: Any, tokenizer: Any, dest: Path, record: dict[str, Any], *,
+                 adapter_state: Optional[dict[str, torch.Tensor]] = None, main: bool = True) -> None:
     """The trained adapter (peft format) with the record of how its base was loaded (evaluate --adapter reloads it
-    the same way); under FSDP every rank takes part in gathering it, rank 0 writes."""
-    if use_fsdp:
-        from pipeline.train import fsdp
-
-        fsdp.save_adapter(model, dest, main)
-        if main:
-            write_record(dest, record)
+    the same way). Under FSDP the caller passes ``adapter_state``, gathered by every rank
+    (``fsdp.gather_adapter``); rank 0 writes."""
+    if not main:
         return
-    if main:
-        with atomic.folder(dest, expected_bytes=trainable_bytes(model)) as tmp:
+    with atomic.folder(dest, expected_bytes=trainable_bytes(model)) as tmp:
+        if adapter_state is None:
             model.save_pretrained(tmp)
-            write_record(tmp, record)
+        else:
+            write_peft_adapter(model, tmp, adapter_state)
+        write_record(tmp, record)

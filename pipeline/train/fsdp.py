@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -140,16 +140,6 @@ def gather_adapter(peft_model: Any) -> dict[str, torch.Tensor]:
                     continue
                 out[f"{name}.{pname}".replace(_WRAPPED, "")] = param.detach().to("cpu", copy=True)
     return out
-
-
-def save_adapter(peft_model: Any, dest: Any, main: bool, state_dict: Optional[dict] = None) -> None:
-    """Gather the adapter (all ranks) and let rank 0 write it in peft's format, atomically."""
-    from kit import atomic
-
-    state_dict = state_dict if state_dict is not None else gather_adapter(peft_model)
-    if main:
-        with atomic.folder(dest) as tmp:
-            ckpt.write_peft_adapter(peft_model, tmp, state_dict)
 
 
 SHARDING = "full"  # the state-dict kind FSDP checkpoints hold (module docstring: why, and its memory cost)
