@@ -26,7 +26,7 @@ def main() -> int:
 
     def step_then_stall(self):  # noqa: ANN001, ANN202 - mirrors Trainer.step
         calls["n"] += 1
-        # Once per test: a group restarted by torchrun (--max-restarts) finds the mark and runs on.
+        # Once per test: ranks started again (a restarted group) find the mark and run on.
         if int(os.environ.get("GROUP_RANK", "0")) == node and calls["n"] == step and not mark.exists():
             mark.touch()
             time.sleep(600)  # killed long before
