@@ -30,6 +30,7 @@ from pipeline.core.run_record import write_record
 
 COMPLETE = "COMPLETE"
 RUN_FILE = "run.json"
+FULL_OPTIMIZER_FILE = "optimizer_full.pt"
 TMP_PREFIX = ".tmp-checkpoint-"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -110,11 +111,11 @@ def save_checkpoint(
             model.save_pretrained(tmp / "adapter")
         else:
             write_peft_adapter(model, tmp / "adapter", adapter_state)
-        _save_tensors(
-            {"optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "rng_per_rank": rng_states or [rng_state()]},
-            tmp / "training_state.pt",
-        )
+        training = {"optimizer": optimizer.state_dict() if optimizer_state is None else None,
+                    "scheduler": scheduler.state_dict(), "rng_per_rank": rng_states or [rng_state()]}
+        if optimizer_state is not None:  # FSDP's full optimizer state: a file of its own, read by rank 0 alone
+            _save_tensors(optimizer_state, tmp / FULL_OPTIMIZER_FILE)
+        _save_tensors(training, tmp / "training_state.pt")
         facts = {"step": step, "batcher": batcher_state, "history": history}
         if sharding is not None:
             facts["sharding"] = sharding

@@ -133,7 +133,12 @@ def lost_ranks_error(exc: BaseException, dist: Dist, *, step: int, output_dir: P
     where = "; ".join(f"rank(s) {', '.join(str(p['rank']) for p in peers)} on node {node} "
                       f"({peers[0]['host']}{', ' + ', '.join(peers[0]['addresses']) if peers[0]['addresses'] else ''})"
                       for node, peers in sorted(by_node.items(), key=lambda kv: str(kv[0])))
-    lost = f"lost {where}" if named else f"lost a peer; ranks on other nodes: {where or 'none'}"
+    if named:
+        lost = f"lost {where}"
+    elif where:
+        lost = f"lost a peer; ranks on other nodes: {where}"
+    else:  # one node: another rank of it failed first (its own error is above) or was killed
+        lost = "lost a peer on this node (another rank failed or was killed: see its error)"
     first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     resume = (f"the last complete checkpoint is {last_checkpoint}" if last_checkpoint
               else f"no complete checkpoint in {output_dir} yet")

@@ -49,8 +49,16 @@ from pipeline.train.distributed import rank_rng_states, reseed_new_rank
 _WRAPPED = "_fsdp_wrapped_module."
 
 
-def check_recipe(recipe: Recipe, device: torch.device) -> None:
+def check_recipe(recipe: Recipe, device: torch.device, torch_version: str = torch.__version__) -> None:
     """What FSDP here cannot do, refused before minutes of loading, naming the key."""
+    found = re.match(r"(\d+)\.(\d+)", torch_version)
+    if device.type == "cpu" and found and (int(found[1]), int(found[2])) < (2, 4):
+        # Seen on torch 2.3.1: it trains, but after a step the gathered state is freed storage (a full state dict
+        # fails "storage of size 0", the LoRA units gather nothing), so no adapter or checkpoint could be written.
+        raise UnsupportedError(
+            f"distributed.strategy is 'fsdp' on the CPU, which needs torch >= 2.4 (this is {torch_version}); "
+            "use distributed.strategy=ddp on the CPU, or a GPU"
+        )
     if device.type not in ("cuda", "cpu"):
         raise UnsupportedError(
             f"distributed.strategy is 'fsdp' but the device is {device.type}: FSDP here runs on GPUs (CUDA or "
@@ -135,11 +143,14 @@ def gather_adapter(peft_model: Any) -> dict[str, torch.Tensor]:
         if not _is_lora_unit(unit):
             continue
         with FSDP.summon_full_params(unit, recurse=False, writeback=False):
-            for pname, param in unit.module.named_parameters():
-                if "_flat_param" in pname:
-                    continue
-                out[f"{name}.{pname}".replace(_WRAPPED, "")] = param.detach().to("cpu", copy=True)
+            for pname, tensor in _unit_tensors(unit):
+                out[f"{name}.{pname}".replace(_WRAPPED, "")] = tensor.detach().to("cpu", copy=True)
     return out
+
+
+def _unit_tensors(unit: Any) -> list[tuple[str, torch.Tensor]]:
+    """Inside ``summon_full_params``: the LoRA leaf's whole tensors (views of the unsharded flat parameter)."""
+    return [(name, param) for name, param in unit.module.named_parameters() if "_flat_param" not in name]
 
 
 SHARDING = "full"  # the state-dict kind FSDP checkpoints hold (module docstring: why, and its memory cost)
@@ -204,16 +215,14 @@ def _load_adapter(peft_model: Any, weights: dict[str, torch.Tensor]) -> None:
     for name, unit in peft_model.named_modules():
         if not _is_lora_unit(unit):
             continue
-        with FSDP.summon_full_params(unit, recurse=False, writeback=True):
-            for pname, param in unit.module.named_parameters():
-                if "_flat_param" in pname:
-                    continue
+        with FSDP.summon_full_params(unit, recurse=False, writeback=True), torch.no_grad():
+            for pname, param in _unit_tensors(unit):
                 # peft's files drop the adapter's name: "...lora_A.default.weight" is stored as "...lora_A.weight".
                 key = re.sub(r"\.default\.", ".", f"{name}.{pname}".replace(_WRAPPED, ""))
                 if key not in weights:
                     missing.append(key)
                     continue
-                param.data.copy_(weights[key].to(param.device, param.dtype))
+                param.copy_(weights[key].to(param.device, param.dtype))
     if missing:
         raise ResumeError(f"the checkpoint's adapter lacks {len(missing)} LoRA tensors of this model "
                           f"({missing[:3]}); expected the same lora settings")
@@ -226,14 +235,14 @@ def load_checkpoint(path: Path, trainer: Any) -> dict[str, Any]:
 
     path, dist = Path(path), trainer.dist
     check_resume(path, dist.world_size)
-    # weights_only: tensors and plain containers only. Ranks > 0 pass an empty dict: with rank0_only, torch takes
-    # rank 0's full state and gives each rank its shard (no rank but 0 holds the whole optimizer state in memory).
+    # weights_only: tensors and plain containers only. Only rank 0 reads the full optimizer state (its own file);
+    # the others pass an empty dict: with rank0_only, torch gives each rank its shard of rank 0's state.
     # The optimizer first: it initializes FSDP from the root unit; gathering a LoRA unit before that would make
     # that unit a root of its own, and FSDP then refuses the real root ("_is_root should not have been set").
     training = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
+    full = torch.load(path / ckpt.FULL_OPTIMIZER_FILE, map_location="cpu", weights_only=True) if dist.main else {}
     with _full_state_dict_type(trainer.module):
-        to_load = FSDP.optim_state_dict_to_load(trainer.module, trainer.optimizer,
-                                                training["optimizer"] if dist.main else {})
+        to_load = FSDP.optim_state_dict_to_load(trainer.module, trainer.optimizer, full)
     trainer.optimizer.load_state_dict(to_load)
     _load_adapter(trainer.model, load_file(str(path / "adapter" / "adapter_model.safetensors")))
     trainer.scheduler.load_state_dict(training["scheduler"])

@@ -159,7 +159,17 @@ def test_sharded_evaluation_equals_one_process(tiny_model_dir, tiny_model, tiny_
     assert sharded["metrics"]["count"] == 9 and sharded["shares"] == [5, 4]
 
 
+def _torch_at_least(major: int, minor: int) -> bool:
+    import re
+
+    import torch
+
+    found = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return bool(found) and (int(found[1]), int(found[2])) >= (major, minor)
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not _torch_at_least(2, 4), reason="FSDP on the CPU needs torch >= 2.4 (pipeline/train/fsdp.py)")
 def test_fsdp_checkpoint_resumes_to_the_one_process_run_and_refuses_another_number_of_ranks(
         tiny_model_dir, one_process_reference, tmp_path):
     """FSDP (FullyShardedDataParallel over gloo, device_id=cpu) on 2 ranks: 4 steps, a full-state checkpoint,

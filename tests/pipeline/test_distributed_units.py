@@ -86,7 +86,10 @@ def test_fsdp_refuses_other_devices_naming_the_setting_and_accepts_checkpoints()
     recipe = load_recipe(None, ["distributed.strategy=fsdp", "train.checkpoint_every=0"])
     with pytest.raises(UnsupportedError, match="use distributed.strategy=ddp"):
         fsdp.check_recipe(recipe, torch.device("mps"))
-    fsdp.check_recipe(recipe, torch.device("cpu"))  # gloo, device_id=cpu (tests/pipeline/test_ddp.py)
+    fsdp.check_recipe(recipe, torch.device("cpu"), "2.13.0+cpu")  # gloo, device_id=cpu (tests/pipeline/test_ddp.py)
+    with pytest.raises(UnsupportedError, match=r"on the CPU, which needs torch >= 2.4 \(this is 2.3.1\)"):
+        fsdp.check_recipe(recipe, torch.device("cpu"), "2.3.1")
+    fsdp.check_recipe(recipe, torch.device("cuda", 0), "2.3.1")
     recipe = load_recipe(None, ["distributed.strategy=fsdp", "train.checkpoint_every=100"])
     fsdp.check_recipe(recipe, torch.device("cuda", 0))  # full-state checkpoints, resumable (pipeline/train/fsdp.py)
 
@@ -135,6 +138,10 @@ def test_a_lost_peer_is_named_by_rank_node_and_address(tmp_path):
                              step=0, output_dir=tmp_path)
     assert "lost a peer; ranks on other nodes: rank(s) 2, 3 on node 1" in str(vague)
     assert f"no complete checkpoint in {tmp_path} yet" in str(vague)
+    alone = [p for p in peers if p["node"] == 0]
+    same_node = lost_ranks_error(gone, Dist(rank=1, world_size=2, enabled=True, peers=alone), step=0,
+                                 output_dir=tmp_path)
+    assert "lost a peer on this node (another rank failed or was killed" in str(same_node)
 
 
 def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
