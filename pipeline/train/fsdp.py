@@ -28,6 +28,9 @@ during training (gathered unit by unit, offloaded to the CPU). A resume must use
 format itself does not depend on it, but only same-size resumes were tested, so another size is refused naming
 both.
 
+On the CPU (tests), FSDP runs over gloo with ``device_id=cpu`` on torch >= 2.4; torch 2.3 is refused there
+(``check_recipe``).
+
 Each rank loads the whole 4-bit model onto its own GPU before sharding (about 35 GB for 70B: fits an 80 GB H100
 or a 64 GB MI250 GCD, not smaller GPUs); Answer.AI's rank-0-only loading, which avoids that, is not done here.
 """
