@@ -29,7 +29,7 @@ from pipeline.report import build as rep
 from pipeline.report.run_facts import data_facts, eval_facts, training_facts
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import fsdp, memory_plan, resume_policy
-from pipeline.train.distributed import Dist, setup_distributed, shutdown
+from pipeline.train.distributed import Dist, lost_ranks_error, setup_distributed, shutdown
 from pipeline.train.guard import guard_adapters
 from pipeline.train.loop import LoopState, Trainer, checkpoint_if_due, train_loop
 from pipeline.train.optim import build_optimizer, seed_everything
@@ -61,7 +61,8 @@ class FineTuneRun:
         self.run_changes: list[dict[str, Any]] = []  # every recipe/data change made on a resume, with its step
         self.resumed_from: Optional[str] = None
         self.started_at, self.t_start = rep.utc_now(), time.monotonic()
-        self.dist = setup_distributed(recipe.distributed.timeout_minutes)
+        self.dist = setup_distributed(recipe.distributed.timeout_minutes,
+                                      group_of_one=recipe.distributed.strategy == "fsdp")
         self.fsdp = self.dist.enabled and recipe.distributed.strategy == "fsdp"
         self.device = choose_device(recipe.train.device)
         if self.fsdp:
@@ -93,6 +94,13 @@ class FineTuneRun:
                     self._clean_after_killed_runs(previous)
                 self.dist.barrier()
                 return self._phases()
+        except Exception as exc:
+            # A node that died mid-step: name the lost ranks and the checkpoint to resume from, not a gloo trace.
+            lost = lost_ranks_error(exc, self.dist, step=self.state.step, output_dir=self.output_dir,
+                                    last_checkpoint=ckpt.latest_checkpoint(self.output_dir))
+            if lost is None:
+                raise
+            raise lost from exc
         finally:
             shutdown(self.dist)  # also after an error: no "destroy_process_group() was not called"
 
@@ -217,13 +225,17 @@ class FineTuneRun:
         def after_step() -> None:
             run = resume_policy.run_info(self.recipe.to_dict(), self.data.facts, self.run_changes,
                                          world_size=self.dist.world_size)
-            checkpoint_if_due(self.trainer, self.state, self.output_dir, run)
+            # FSDP: every rank takes part in gathering the adapter and optimizer state (pipeline/train/fsdp.py).
+            (fsdp.checkpoint_if_due if self.fsdp else checkpoint_if_due)(self.trainer, self.state, self.output_dir,
+                                                                         run)
 
         train_loop(self.trainer, self.state, plain=self.plain, after_step=after_step, on_step=self.on_step)
 
     def save(self) -> None:
+        # FSDP: every rank takes part in gathering the sharded adapter; rank 0 writes it.
+        gathered = fsdp.gather_adapter(self.model) if self.fsdp else None
         ckpt.save_adapter(self.model, self.tokenizer, self.output_dir / "adapter", build_record(self.recipe, self.info),
-                          use_fsdp=self.fsdp, main=self.dist.main)
+                          adapter_state=gathered, main=self.dist.main)
         self.dist.barrier()
 
     def evaluate_after(self) -> None:

@@ -30,6 +30,7 @@ from pipeline.core.run_record import write_record
 
 COMPLETE = "COMPLETE"
 RUN_FILE = "run.json"
+FULL_OPTIMIZER_FILE = "optimizer_full.pt"
 TMP_PREFIX = ".tmp-checkpoint-"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -87,6 +88,9 @@ def save_checkpoint(
     keep: int,
     run: Optional[dict[str, Any]] = None,
     rng_states: Optional[list[dict[str, Any]]] = None,
+    adapter_state: Optional[dict[str, torch.Tensor]] = None,
+    optimizer_state: Optional[dict[str, Any]] = None,
+    sharding: Optional[dict[str, Any]] = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` complete checkpoints.
 
@@ -94,6 +98,8 @@ def save_checkpoint(
     ``rng_states``: every rank's RNG state in rank order (a data-parallel run); default: this process's alone.
     Stale temporaries are not removed here: only the folder's owner may, once, when it takes the folder
     (``clean_orphans``); a save cannot tell a dead writer's temporary from a live one's.
+    FSDP (pipeline/train/fsdp.py) passes the gathered ``adapter_state`` and full ``optimizer_state`` (keyed by
+    parameter names), and ``sharding`` ({"strategy": "fsdp", "state_dict": "full", "world_size": N}) for resume.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,15 +107,19 @@ def save_checkpoint(
     # Adapter + optimizer moments: lets a writer's opaque failure on a full disk be recognized (kit.atomic).
     expected = 3 * trainable_bytes(model)
     with atomic.folder(final, prefix=f"{TMP_PREFIX}{step}-", expected_bytes=expected) as tmp:
-        model.save_pretrained(tmp / "adapter")
-        _save_tensors(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng_per_rank": rng_states or [rng_state()]},
-            tmp / "training_state.pt",
-        )
-        (tmp / "state.json").write_text(
-            json.dumps({"step": step, "batcher": batcher_state, "history": history}, indent=1)
-        )
+        if adapter_state is None:
+            model.save_pretrained(tmp / "adapter")
+        else:
+            write_peft_adapter(model, tmp / "adapter", adapter_state)
+        training = {"optimizer": optimizer.state_dict() if optimizer_state is None else None,
+                    "scheduler": scheduler.state_dict(), "rng_per_rank": rng_states or [rng_state()]}
+        if optimizer_state is not None:  # FSDP's full optimizer state: a file of its own, read by rank 0 alone
+            _save_tensors(optimizer_state, tmp / FULL_OPTIMIZER_FILE)
+        _save_tensors(training, tmp / "training_state.pt")
+        facts = {"step": step, "batcher": batcher_state, "history": history}
+        if sharding is not None:
+            facts["sharding"] = sharding
+        (tmp / "state.json").write_text(json.dumps(facts, indent=1))
         if run is not None:
             (tmp / RUN_FILE).write_text(json.dumps(run, indent=1, default=str))
         (tmp / COMPLETE).write_text(f"{step}\n")
@@ -117,6 +127,25 @@ def save_checkpoint(
         for _, old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_peft_adapter(peft_model: Any, folder: Path, state: dict[str, torch.Tensor]) -> None:
+    """``state`` (gathered LoRA tensors named as in the unwrapped peft model) in peft's format, written directly.
+
+    Not ``save_pretrained(state_dict=...)``: peft >= 0.18 picks the adapter's entries by walking the model's modules,
+    whose names under FSDP hold ``_fsdp_wrapped_module.``, so it silently kept only the LoRA tensors outside the
+    decoder-layer units (lm_head) and the adapter files were nearly empty.
+    """
+    from safetensors.torch import save_file
+
+    name = getattr(peft_model, "active_adapter", "default")
+    name = name if isinstance(name, str) else name[0]
+    # peft's file format drops the adapter's name: "...lora_A.default.weight" -> "...lora_A.weight".
+    tensors = {re.sub(rf"\.{re.escape(name)}\.", ".", key): value.contiguous() for key, value in state.items()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    peft_model.peft_config[name].save_pretrained(str(folder))
 
 
 def trainable_bytes(model: Any) -> int:
@@ -191,18 +220,16 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer,
     return state
 
 
-def save_adapter(model: Any, tokenizer: Any, dest: Path, record: dict[str, Any], *, use_fsdp: bool = False,
-                 main: bool = True) -> None:
+def save_adapter(model: Any, tokenizer: Any, dest: Path, record: dict[str, Any], *,
+                 adapter_state: Optional[dict[str, torch.Tensor]] = None, main: bool = True) -> None:
     """The trained adapter (peft format) with the record of how its base was loaded (evaluate --adapter reloads it
-    the same way); under FSDP every rank takes part in gathering it, rank 0 writes."""
-    if use_fsdp:
-        from pipeline.train import fsdp
-
-        fsdp.save_adapter(model, dest, main)
-        if main:
-            write_record(dest, record)
+    the same way). Under FSDP the caller passes ``adapter_state``, gathered by every rank
+    (``fsdp.gather_adapter``); rank 0 writes."""
+    if not main:
         return
-    if main:
-        with atomic.folder(dest, expected_bytes=trainable_bytes(model)) as tmp:
+    with atomic.folder(dest, expected_bytes=trainable_bytes(model)) as tmp:
+        if adapter_state is None:
             model.save_pretrained(tmp)
-            write_record(tmp, record)
+        else:
+            write_peft_adapter(model, tmp, adapter_state)
+        write_record(tmp, record)

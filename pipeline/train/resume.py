@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 
 from pipeline.core.config import Recipe
 from pipeline.train import checkpoint as ckpt
-from pipeline.train import resume_policy
+from pipeline.train import fsdp, resume_policy
 from pipeline.train.distributed import reseed_new_rank
 
 
@@ -40,12 +40,16 @@ def restore(trainer: Any, state: Any, output_dir: Path, *, data_facts: dict[str,
         log(f"--resume: no complete checkpoint in {output_dir}, starting from step 0")
         return [], None
     # Checked before anything is restored: the refusal must name the setting, not a shape mismatch.
+    fsdp.check_resume(found, dist.world_size, trainer.use_fsdp)
     run_changes, changed = resume_changes(recipe, data_facts, found, allow_changes, log, dist.world_size)
-    saved = ckpt.load_checkpoint(found, model=trainer.model, optimizer=trainer.optimizer,
-                                 scheduler=trainer.scheduler, rank=dist.rank)
+    if trainer.use_fsdp:  # full state gathered on rank 0 (pipeline/train/fsdp.py); every rank takes part
+        saved = fsdp.load_checkpoint(found, trainer)
+    else:
+        saved = ckpt.load_checkpoint(found, model=trainer.model, optimizer=trainer.optimizer,
+                                     scheduler=trainer.scheduler, rank=dist.rank)
     trainer.batcher.load_state_dict(saved["batcher"])
     state.step, state.history = int(saved["step"]), saved["history"]
-    if not saved["rng_restored"]:  # more ranks than saved the checkpoint
+    if not saved["rng_restored"] and not trainer.use_fsdp:  # more ranks than saved the checkpoint
         reseed_new_rank(recipe.train.seed, state.step, dist)
     if changed & {"train.lr", "train.weight_decay"}:
         resume_policy.apply_to_optimizer(trainer.optimizer, trainer.scheduler, recipe.train.lr,

@@ -59,11 +59,15 @@ def _adapter(out: Path) -> dict:
     return load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
-def _assert_same_run(report, out, reference_report, reference_out):
+def _assert_same_run(report, out, reference_report, reference_out, lora_only: bool = False):
+    """``lora_only``: compare the LoRA tensors alone (FSDP's adapter has no copy of the frozen lm_head that peft's
+    save_pretrained adds when lm_head is a target)."""
     import torch
 
     assert report["training"]["losses"] == pytest.approx(reference_report["training"]["losses"], rel=1e-4, abs=1e-5)
     mine, ref = _adapter(out), _adapter(reference_out)
+    if lora_only:
+        ref = {k: v for k, v in ref.items() if ".lora_" in k}
     assert sorted(mine) == sorted(ref)
     for name in ref:
         torch.testing.assert_close(mine[name], ref[name], rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
@@ -153,6 +157,71 @@ def test_sharded_evaluation_equals_one_process(tiny_model_dir, tiny_model, tiny_
         assert list(mine["scores"].values()) == pytest.approx(list(ref["scores"].values()), abs=1e-4)
     assert sharded["metrics"]["accuracy"] == alone.metrics["accuracy"]
     assert sharded["metrics"]["count"] == 9 and sharded["shares"] == [5, 4]
+
+
+def _torch_at_least(major: int, minor: int) -> bool:
+    import re
+
+    import torch
+
+    found = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return bool(found) and (int(found[1]), int(found[2])) >= (major, minor)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _torch_at_least(2, 4), reason="FSDP on the CPU needs torch >= 2.4 (pipeline/train/fsdp.py)")
+def test_fsdp_checkpoint_resumes_to_the_one_process_run_and_refuses_another_number_of_ranks(
+        tiny_model_dir, one_process_reference, tmp_path):
+    """FSDP (FullyShardedDataParallel over gloo, device_id=cpu) on 2 ranks: 4 steps, a full-state checkpoint,
+    --resume to 8 == the uninterrupted one-process run (same global batch); a resume on 1 rank is refused."""
+    train, ref_report, ref_out = one_process_reference
+    out = tmp_path / "fsdp"
+    _finetune(2, tiny_model_dir, train, out, 4, "distributed.strategy=fsdp")
+    state = json.loads((out / "checkpoint-4" / "state.json").read_text())
+    assert state["sharding"] == {"strategy": "fsdp", "state_dict": "full", "world_size": 2}
+    one_rank = [_torchrun(), "--standalone", "--nproc-per-node", "1"] + _finetune_cmd(
+        1, tiny_model_dir, train, out, 8, "distributed.strategy=fsdp", "--allow-changes", "train.steps",
+        batch_size=8)[1:] + ["--resume"]
+    refused = subprocess.run(one_rank, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert "written by 2 FSDP ranks, this run has 1; resume on 2 ranks" in refused.stdout + refused.stderr, \
+        refused.stdout[-2000:] + refused.stderr[-2000:]
+    report, proc = _finetune(2, tiny_model_dir, train, out, 8, "distributed.strategy=fsdp", "--allow-changes",
+                             "train.steps", resume=True)
+    assert report["training"]["distributed"]["strategy"] == "fsdp" and report["training"]["start_step"] == 4
+    _assert_same_run(report, out, ref_report, ref_out, lora_only=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="torch's FSDP needs a GPU")
+def test_fsdp_qlora_checkpoint_resumes_to_the_uninterrupted_run_on_one_gpu(tmp_path):
+    """The 70B recipe (FSDP + QLoRA, NF4 stored as bf16) at world size 1 (torchrun, one GPU) on the LLaMA-2-70B
+    shape with 2 of its 80 layers (random weights): 6 steps straight vs 3 steps, then --resume to 6. Dropout on
+    (the recipe's 0.05): the restored CUDA RNG must give the same masks."""
+    pytest.importorskip("bitsandbytes")
+    data = ROOT / "tests" / "data" / "medqa" / "us5_test.jsonl"
+
+    def run(out: Path, steps: int, *extra: str) -> dict:
+        cmd = [_torchrun(), "--standalone", "--nproc-per-node", "1", "-m", "pipeline", "finetune", "--recipe",
+               str(ROOT / "recipes" / "medqa-qlora-70b.yaml"), "--plain",
+               "model.name_or_path=random:llama2-70b:num_hidden_layers=2", f"data.train={data}", "data.eval=null",
+               "data.max_length=512", "train.batch_size=2", "train.grad_accum=2", f"train.steps={steps}",
+               "train.schedule=constant", "train.warmup_steps=0", "train.checkpoint_every=3", "train.log_every=1",
+               f"train.output_dir={out}", *extra]
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        print(proc.stdout[-1500:])
+        return json.loads((out / "report.json").read_text())
+
+    straight = run(tmp_path / "straight", 6)
+    assert straight["training"]["distributed"]["strategy"] == "fsdp" and straight["training"]["world_size"] == 1
+    run(tmp_path / "resumed", 3)
+    state = json.loads((tmp_path / "resumed" / "checkpoint-3" / "state.json").read_text())
+    assert state["sharding"] == {"strategy": "fsdp", "state_dict": "full", "world_size": 1}
+    resumed = run(tmp_path / "resumed", 6, "--resume", "--allow-changes", "train.steps")
+    assert resumed["training"]["start_step"] == 3
+    print("FSDP resume losses:", straight["training"]["losses"], resumed["training"]["losses"])
+    _assert_same_run(resumed, tmp_path / "resumed", straight, tmp_path / "straight", lora_only=True)
 
 
 def _sharded_eval_worker(model_dir: str, data: str, out: str) -> None:

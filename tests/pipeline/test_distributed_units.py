@@ -77,18 +77,71 @@ def test_the_70b_recipe_loads_and_asks_for_fsdp():
 
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "medqa-qlora-70b.yaml")
     assert recipe.distributed.strategy == "fsdp" and recipe.quantization.mode == "nf4"
-    assert recipe.train.checkpoint_every == 0 and recipe.model.gradient_checkpointing
+    assert recipe.train.checkpoint_every == 200 and recipe.model.gradient_checkpointing
 
 
-def test_fsdp_refuses_cpu_and_checkpoints_naming_the_setting():
+def test_fsdp_refuses_other_devices_naming_the_setting_and_accepts_checkpoints():
     from pipeline.train import fsdp
 
     recipe = load_recipe(None, ["distributed.strategy=fsdp", "train.checkpoint_every=0"])
-    with pytest.raises(UnsupportedError, match="torch's FSDP needs GPUs"):
-        fsdp.check_recipe(recipe, torch.device("cpu"))
+    with pytest.raises(UnsupportedError, match="use distributed.strategy=ddp"):
+        fsdp.check_recipe(recipe, torch.device("mps"))
+    fsdp.check_recipe(recipe, torch.device("cpu"), "2.13.0+cpu")  # gloo, device_id=cpu (tests/pipeline/test_ddp.py)
+    with pytest.raises(UnsupportedError, match=r"on the CPU, which needs torch >= 2.4 \(this is 2.3.1\)"):
+        fsdp.check_recipe(recipe, torch.device("cpu"), "2.3.1")
+    fsdp.check_recipe(recipe, torch.device("cuda", 0), "2.3.1")
     recipe = load_recipe(None, ["distributed.strategy=fsdp", "train.checkpoint_every=100"])
-    with pytest.raises(RecipeError, match="train.checkpoint_every is 100"):
-        fsdp.check_recipe(recipe, torch.device("cuda", 0))
+    fsdp.check_recipe(recipe, torch.device("cuda", 0))  # full-state checkpoints, resumable (pipeline/train/fsdp.py)
+
+
+def _checkpoint_facts(folder, **facts):
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "state.json").write_text(json.dumps({"step": 3, "batcher": {}, "history": {}, **facts}))
+    return folder
+
+
+def test_fsdp_resume_on_another_number_of_ranks_is_refused_naming_both(tmp_path):
+    from pipeline.core.errors import ResumeError
+    from pipeline.train import fsdp
+
+    found = _checkpoint_facts(tmp_path / "checkpoint-3",
+                              sharding={"strategy": "fsdp", "state_dict": "full", "world_size": 2})
+    fsdp.check_resume(found, 2)
+    with pytest.raises(ResumeError, match="written by 2 FSDP ranks, this run has 4; resume on 2 ranks"):
+        fsdp.check_resume(found, 4)
+    with pytest.raises(ResumeError, match="written without FSDP"):
+        fsdp.check_resume(_checkpoint_facts(tmp_path / "checkpoint-6"), 2)
+    with pytest.raises(ResumeError, match="written by 2 FSDP ranks .* this run does not use FSDP"):
+        fsdp.check_resume(found, 1, use_fsdp=False)
+    fsdp.check_resume(_checkpoint_facts(tmp_path / "checkpoint-6"), 1, use_fsdp=False)
+
+
+def test_a_lost_peer_is_named_by_rank_node_and_address(tmp_path):
+    from pipeline.train.distributed import Dist, LostRankError, lost_ranks_error
+
+    peers = [{"rank": r, "node": r // 2, "host": f"node{r // 2}", "addresses": [f"10.9.0.{r // 2 + 1}"]}
+             for r in range(4)]
+    dist = Dist(rank=1, world_size=4, enabled=True, backend="gloo", peers=peers)
+    gone = RuntimeError("[pair.cc:553] Connection closed by peer [10.9.0.2]:4242")
+    error = lost_ranks_error(gone, dist, step=4, output_dir=tmp_path, last_checkpoint=tmp_path / "checkpoint-3")
+    assert isinstance(error, LostRankError) and dist.lost
+    assert "rank 1 (node 0), step 5: a collective failed: lost rank(s) 2, 3 on node 1 (node1, 10.9.0.2)" in str(error)
+    assert f"the last complete checkpoint is {tmp_path / 'checkpoint-3'}" in str(error)
+    # Not a collective's failure, or one process: raised as it is.
+    assert lost_ranks_error(ValueError("bad value"), Dist(rank=1, world_size=4, enabled=True, peers=peers),
+                            step=4, output_dir=tmp_path) is None
+    assert lost_ranks_error(gone, Dist(), step=4, output_dir=tmp_path) is None
+    # An address the message does not name: the ranks on other nodes, as suspects.
+    vague = lost_ranks_error(RuntimeError("Gloo: timed out"), Dist(rank=0, world_size=4, enabled=True, peers=peers),
+                             step=0, output_dir=tmp_path)
+    assert "lost a peer; ranks on other nodes: rank(s) 2, 3 on node 1" in str(vague)
+    assert f"no complete checkpoint in {tmp_path} yet" in str(vague)
+    alone = [p for p in peers if p["node"] == 0]
+    same_node = lost_ranks_error(gone, Dist(rank=1, world_size=2, enabled=True, peers=alone), step=0,
+                                 output_dir=tmp_path)
+    assert "lost a peer on this node (another rank failed or was killed" in str(same_node)
 
 
 def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
