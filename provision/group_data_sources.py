@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from provision.host_data import GROUP_DATA, ProvisionDataError
+from provision.data_errors import GROUP_DATA, ProvisionDataError
 from provision.pins import PLATFORM_BY_GROUP
 
 

@@ -13,22 +13,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pyinfra.api.exceptions import PyinfraError
+from provision.data_errors import GROUP_DATA, GROUP_DATA_DIR, ProvisionDataError
+from provision.group_data_sources import defining_file
 
-GROUP_DATA = Path(__file__).resolve().parent / "group_data"
-GROUP_DATA_DIR = "provision/group_data"
 URL_SCHEMES = ("https://", "http://", "file:/")
 # Keys earlier versions of the kit read, with what replaced them (a plain "unknown" would not say).
 RETIRED_KEYS = {
     "tune_kernel_args": "was replaced by tune_iommu_passthrough (its arguments follow the CPU vendor) and "
     "tune_pci_realloc_off",
 }
-
-
-class ProvisionDataError(PyinfraError, ValueError):
-    """Host data that cannot be provisioned; the message names the key and what it should be.
-
-    A PyinfraError, so the pyinfra CLI prints the message alone instead of a traceback."""
 
 
 @lru_cache(maxsize=1)
@@ -100,8 +93,6 @@ class HostDataReader:
     def where(self, key: str | None = None) -> str:
         """Where to set or fix `key`: the --group-data file it came from, else the kit's group data files."""
         if key is not None and self._extra_group_data and key not in self._host_keys():
-            from provision.group_data_sources import defining_file  # imports this module
-
             file = defining_file(key, self.group, self._extra_group_data)
             if file is not None and file.parent.resolve() != GROUP_DATA:
                 return f"{file} (from --group-data)"
