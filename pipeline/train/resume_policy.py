@@ -27,6 +27,8 @@ FREE_KEYS = (
     "model.attention", "model.gradient_checkpointing", "model.trust_remote_code",
     "data.eval", "data.eval.sha256",
     "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.output_dir", "train.device",
+    # How long a collective may wait before the run fails: a resume after a lost node often wants another value.
+    "distributed.timeout_minutes",
     "eval.",
 )
 NEVER_KEYS = (

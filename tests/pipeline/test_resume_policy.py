@@ -143,3 +143,14 @@ def test_kill_at_each_rename_then_resume_finishes_cleanly(tiny_model_dir, tmp_pa
         assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == old_adapter
     leftovers = [p.name for p in run.iterdir() if p.name.startswith(".") and p.name != ".run.lock"]
     assert leftovers == []
+
+
+def test_a_new_collective_timeout_is_a_free_change():
+    from pipeline.train import resume_policy
+
+    before = {"train": {"lr": 0.01}, "distributed": {"timeout_minutes": 30.0}}
+    after = {"train": {"lr": 0.01}, "distributed": {"timeout_minutes": 5.0}}
+    stored = resume_policy.run_info(before, {}, [])
+    changes = resume_policy.compare(stored, after, {}, step=3, allowed=())
+    assert [(c.key, c.kind) for c in changes] == [("distributed.timeout_minutes", "free")]
+    resume_policy.enforce(changes, "checkpoint-3")  # a free change never needs --allow-changes
