@@ -32,7 +32,7 @@ while (($#)); do
            exit 2;;
     esac
 done
-KNOWN=" image-cuda-torch.lock image-rocm-torch.lock image-cpu-torch.lock image-build.lock image-cuda.lock image-rocm.lock image-cpu.lock "
+KNOWN=" image-cuda-torch.lock image-rocm-torch.lock image-cpu-torch.lock image-build.lock image-rocm-torch-build.lock image-cuda.lock image-rocm.lock image-cpu.lock "
 for name in "${ONLY[@]}"; do
     if [[ "$KNOWN" != *" $name "* ]]; then
         echo "docker-locks: $name is not a generated lock (one of:$KNOWN)" >&2
@@ -159,6 +159,8 @@ fi
 
 # Build tools of the GPU extension stages (the same file for both GPU images).
 compile image-build.lock 3.10 $R/image-build.in
+# What the ROCm torch source build needs besides image-build.lock (installed together with it: resolved against it).
+compile image-rocm-torch-build.lock 3.10 $R/image-rocm-torch-build.in -- --constraint $R/image-build.lock
 
 # App locks, resolved against the torch locks in requirements/: the torch layer's packages are already installed
 # below the app stage, so leave them out.
