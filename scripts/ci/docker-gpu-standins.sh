@@ -112,10 +112,13 @@ apt_repository() {
     deb hip-dev rocm-core "$STANDIN/hipconfig:$r/bin/hipconfig" "$STANDIN/roc-obj-ls:$r/bin/roc-obj-ls"
     deb rocm-dev "hip-dev, rocm-core"
     local lib
-    for lib in hip-runtime-amd hipblas hipblaslt hiprand hipsparse rocblas rocrand rocm-smi-lib rocminfo; do
-        deb "$lib" rocm-core
-    done
-    for lib in hipblas hipblaslt hiprand hipsparse rocblas rocrand; do deb "$lib-dev" "$lib, hip-dev"; done
+    # The runtime and -dev packages Dockerfile.rocm installs (its torch-compile stage: the libraries PyTorch's
+    # LoadHIP.cmake finds; the runtime: those a source-built torch links).
+    local libs=(hip-runtime-amd hipblas hipblaslt hipcub hipfft hiprand hipsolver hipsparse miopen-hip rccl rocblas
+        rocfft rocprim rocrand rocsolver rocsparse rocthrust roctracer rocm-smi-lib rocminfo)
+    for lib in "${libs[@]}"; do deb "$lib" rocm-core; done
+    for lib in hipblas hipblaslt hipcub hipfft hiprand hipsolver hipsparse miopen-hip rccl rocblas rocprim rocrand \
+        rocsolver rocthrust roctracer; do deb "$lib-dev" "$lib, hip-dev"; done
     sign_dist "$rocm" "$rocm/dists/jammy/main/binary-amd64" "$rocm/dists/jammy" jammy
     # NVIDIA: developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64 / (a flat repository)
     local cuda="$REPO/cuda/ubuntu2204/x86_64"
