@@ -167,8 +167,8 @@ compile image-rocm-torch-build.lock 3.10 $R/image-rocm-torch-build.in -- --const
 no_emit_args $R/image-cuda-torch.lock
 compile image-cuda.lock 3.10 $R/image-cuda.in $R/image-gpu-app.in -- \
     --constraint $R/image-cuda-torch.lock "${NO_EMIT[@]}"
-# The ROCm app resolves against torch 2.3.1's metadata too (the CUDA torch lock pins it; the +rocm6.0 build has
-# the same Python dependencies, pytorch-triton-rocm aside), else the resolver would pick today's torch.
+# The ROCm app resolves against torch 2.3.1's metadata too (the CUDA torch lock pins it): the version the ROCm image
+# compiles by default (stack.env ROCM_TORCH=source); else the resolver would pick today's torch.
 compile image-rocm.lock 3.10 $R/image-rocm.in $R/image-gpu-app.in -- \
     --constraint $R/image-cuda-torch.lock "${NO_EMIT[@]}"
 cpu_constraints="$(mktemp)"
