@@ -18,6 +18,7 @@ PyPI by hash, the FlashAttention sdist downloaded and sha256-checked, all real. 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -162,6 +163,13 @@ def standin_source(folder: Path, name: str, ref: str, package: str, version: str
     if name == "flash-attention":
         (tree / "csrc" / "composable_kernel").mkdir(parents=True)
         (tree / "csrc" / "composable_kernel" / "STANDIN").write_text("stand-in submodule\n")
+    if name == "bitsandbytes":
+        # The build stage's check runs bitsandbytes' own library-naming code from the wheel (check_extensions.py
+        # reads these files): the real files of the bitsandbytes installed with the tests (its naming rule for ROCm
+        # is 0.48.2's: libbitsandbytes_rocm<hip major.minor>.so; test_extension_abi.py runs it on both torch positions).
+        installed = Path(importlib.util.find_spec("bitsandbytes").submodule_search_locations[0])
+        for module in ("consts.py", "cuda_specs.py", "cextension.py"):
+            shutil.copy(installed / module, tree / package / module)
     if name == "pytorch":  # what the torch-compile stage reads: version.txt, the hipify script, submodules
         (tree / "version.txt").write_text(f"{version}\n")
         (tree / "tools" / "amd_build").mkdir(parents=True)
