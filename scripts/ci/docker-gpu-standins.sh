@@ -116,7 +116,10 @@ apt_repository() {
     # LoadHIP.cmake finds; the runtime: those a source-built torch links).
     local libs=(hip-runtime-amd hipblas hipblaslt hipcub hipfft hiprand hipsolver hipsparse miopen-hip rccl rocblas
         rocfft rocprim rocrand rocsolver rocsparse rocthrust roctracer rocm-smi-lib rocminfo)
-    for lib in "${libs[@]}"; do deb "$lib" rocm-core; done
+    # The hip* wrappers depend on the roc* library they wrap, as AMD's packages do (the runtime relies on that for
+    # rocBLAS and rocRAND: docs/images.md).
+    local -A wraps=([hipblas]=rocblas [hiprand]=rocrand [hipsolver]=rocsolver [hipfft]=rocfft [hipsparse]=rocsparse)
+    for lib in "${libs[@]}"; do deb "$lib" "rocm-core${wraps[$lib]:+, ${wraps[$lib]}}"; done
     for lib in hipblas hipblaslt hipcub hipfft hiprand hipsolver hipsparse miopen-hip rccl rocblas rocprim rocrand \
         rocsolver rocthrust roctracer; do deb "$lib-dev" "$lib, hip-dev"; done
     sign_dist "$rocm" "$rocm/dists/jammy/main/binary-amd64" "$rocm/dists/jammy" jammy
