@@ -142,7 +142,10 @@ vendor_base() {
     cp "$WORK/standin.gpg" "$STANDIN/ckit_standin_wheel.py" "$ctx/"
     if [[ "$1" == "$ROCM_DEV" ]]; then
         # AMD's ROCm 6.1 install guide: signed-by keyring in /etc/apt/keyrings, rocm.list, a 600 pin.
-        echo "deb [arch=amd64 signed-by=/etc/apt/keyrings/rocm.gpg] $url/rocm/apt/6.1.2 jammy main" > "$ctx/rocm.list"
+        # The comment names the repository's contents: the runtime stage bind-mounts the base's /etc/apt, so a
+        # changed stand-in repository must change those files, or BuildKit reuses apt layers of the old one.
+        printf '# ckit stand-in repository %s\ndeb [arch=amd64 signed-by=/etc/apt/keyrings/rocm.gpg] %s/rocm/apt/6.1.2 jammy main\n' \
+            "$(cat "$REPO/.done")" "$url" > "$ctx/rocm.list"
         printf 'Package: *\nPin: release o=ckit-standin\nPin-Priority: 600\n' > "$ctx/rocm-pin-600"
         cat > "$ctx/Dockerfile" <<EOF
 FROM $JAMMY
