@@ -8,10 +8,12 @@ each vendor compile: `pip wheel --no-build-isolation` (FlashAttention, bitsandby
 names them (tests/images/standin/ckit_standin_wheel.py). The test fails when the derived file differs from the real
 one anywhere else, or when BuildKit's log lacks any step of any stage.
 
-ROCm takes the air-gapped path (WHEELHOUSE=1): the lock wheels are the real ones (downloaded by hash), torch
-2.4.1+rocm6.1 and pytorch-triton-rocm are stand-in wheels (PyTorch's index is not reachable: only their version
-strings are real), and the FlashAttention and bitsandbytes archives are stand-in source trees (GitHub is not
-reachable) named by the pinned commits. CUDA takes the default path: torch 2.3.1 and its nvidia-* wheels from
+ROCm is built in both positions of stack.env's ROCM_TORCH switch, both on the air-gapped path (WHEELHOUSE=1), at once
+and sharing their base layers: the lock wheels are the real ones (downloaded by hash); the PyTorch, FlashAttention
+and bitsandbytes archives are stand-in source trees (GitHub is not reachable) named by the pinned commits. With
+`source` (the default) the torch compile is the third stood-in `pip wheel` and writes torch-2.3.1; with `prebuilt`
+torch 2.4.1+rocm6.1 and pytorch-triton-rocm are stand-in wheels (PyTorch's index is not reachable: only their
+version strings are real) and the build runs from a copy of the checkout whose index lock holds their sha256. CUDA takes the default path: torch 2.3.1 and its nvidia-* wheels from
 PyPI by hash, the FlashAttention sdist downloaded and sha256-checked, all real. docs/images.md has the table.
 """
 
