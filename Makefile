@@ -8,8 +8,17 @@ IMAGE         = $(REGISTRY)clinical-finetune-kit:$(TAG)-$(VENDOR)
 # turns it into --build-arg values; the Dockerfiles' ARG names are the stack.env keys and have no defaults.
 # Override a key for one build on the command line: make image-rocm ROCM_GPU_ARCHS=gfx942
 include stack.env
-ROCM_KEYS = ROCM_VERSION ROCM_BASE ROCM_RUNTIME_BASE ROCM_TORCH_VERSION ROCM_TORCH_INDEX_URL ROCM_TRITON_VERSION \
-	ROCM_GPU_ARCHS ROCM_FLASH_ATTN_REPO ROCM_FLASH_ATTN_REF ROCM_BNB_REPO ROCM_BNB_REF
+ROCM_KEYS = ROCM_VERSION ROCM_BASE ROCM_RUNTIME_BASE ROCM_TORCH ROCM_TORCH_VERSION ROCM_TORCH_REPO ROCM_TORCH_REF \
+	ROCM_TORCH_INDEX_URL ROCM_TRITON_VERSION ROCM_GPU_ARCHS ROCM_FLASH_ATTN_REPO ROCM_FLASH_ATTN_REF ROCM_BNB_REPO \
+	ROCM_BNB_REF
+# The ROCm torch switch (stack.env ROCM_TORCH): source compiles ROCM_TORCH_VERSION; prebuilt installs PyTorch's wheel,
+# whose version every ROCm build argument, label and build-info then carries as ROCM_TORCH_VERSION.
+ifeq ($(filter source prebuilt,$(ROCM_TORCH)),)
+$(error stack.env: ROCM_TORCH must be source or prebuilt, got '$(ROCM_TORCH)')
+endif
+ifeq ($(ROCM_TORCH),prebuilt)
+ROCM_TORCH_VERSION := $(ROCM_TORCH_PREBUILT_VERSION)
+endif
 CUDA_KEYS = CUDA_VERSION CUDA_DEVEL_BASE CUDA_RUNTIME_BASE CUDA_TORCH_VERSION CUDA_FLASH_ATTN_VERSION \
 	CUDA_FLASH_ATTN_URL CUDA_FLASH_ATTN_SHA256 CUDA_ARCH_LIST
 CPU_KEYS = CPU_BASE CPU_TORCH_VERSION CPU_TORCH_INDEX_URL
@@ -63,7 +72,9 @@ stack_args = $(foreach k,$($(call upper,$(1))_KEYS),--build-arg '$(k)=$($(k))')
 COMMON_ARGS = $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) $(BUILD_FLAGS) \
 	$(if $(WHEELHOUSE),--build-context wheelhouse=$(abspath $(WHEELHOUSE)) --build-arg WHEELHOUSE=1)
 APP_ARGS = --build-arg VCS_REF=$(VCS_REF) $(if $(SOURCE_URL),--build-arg SOURCE_URL=$(SOURCE_URL))
+# ROCm: the exported folder also replaces the torch-wheel stage (with ROCM_TORCH=source it holds the compiled torch).
 WHEELS_CONTEXT = $(if $(WHEELS),--build-context wheels=$(abspath $(WHEELS)))
+ROCM_WHEELS_CONTEXT = $(if $(WHEELS),$(WHEELS_CONTEXT) --build-context torch-wheel=$(abspath $(WHEELS)))
 TORCH_WHEELS_CONTEXT = $(if $(TORCH_WHEELS),--build-context torch-wheels=$(abspath $(TORCH_WHEELS)))
 RUNTIME_IMAGE = clinical-finetune-kit-runtime:$(TAG)-$(1)
 # Refuse a build whose vendor bases still carry the all-zero placeholder digest (make resolve-digests fills them).
@@ -99,9 +110,9 @@ env: ## write or update .env for compose (UID/GID, video/render GIDs, KIT_VENDOR
 resolve-digests: ## pin the *_BASE tags in stack.env that have no digest yet (REFRESH=1: every one); prints the diff
 	python3 docker/resolve_digests.py --docker "$(DOCKER)" $(if $(REFRESH),--refresh) stack.env
 
-image-rocm: ## build the ROCm image (FlashAttention compile: hours; WHEELS=dist/wheels-rocm reuses wheels)
+image-rocm: ## build the ROCm image (torch + FlashAttention compiles: hours; WHEELS=dist/wheels-rocm reuses wheels)
 	$(call refuse_placeholders,rocm)
-	$(call build_image,rocm,$(WHEELS_CONTEXT))
+	$(call build_image,rocm,$(ROCM_WHEELS_CONTEXT))
 
 image-cuda: ## build the CUDA image (WHEELS=dist/wheels-cuda reuses an exported FlashAttention wheel)
 	$(call refuse_placeholders,cuda)
@@ -111,7 +122,7 @@ image-cpu: ## build the CPU image (CI, GPU-less machines; TORCH_WHEELS=DIR takes
 	$(call refuse_placeholders,cpu)
 	$(call build_image,cpu,$(TORCH_WHEELS_CONTEXT))
 
-wheels-rocm: ## compile FlashAttention (CK) + bitsandbytes (HIP) once, export the wheels to dist/wheels-rocm
+wheels-rocm: ## compile torch (ROCM_TORCH=source), FlashAttention (CK), bitsandbytes (HIP) once, export to dist/wheels-rocm
 	$(call refuse_placeholders,rocm)
 	$(DOCKER) buildx build -f Dockerfile.rocm --target wheels $(call stack_args,rocm) $(if $(MAX_JOBS),--build-arg MAX_JOBS=$(MAX_JOBS)) \
 		$(COMMON_ARGS) --output type=local,dest=$(DIST)/wheels-rocm .

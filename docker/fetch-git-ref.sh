@@ -1,13 +1,14 @@
 #!/bin/sh
 # Check out one commit of a git repository (and the named submodules) into DEST, fetching only what it needs:
-#   with-build-secrets fetch-git-ref REPO REF DEST [SUBMODULE_PATH...]
+#   with-build-secrets fetch-git-ref REPO REF DEST [SUBMODULE_PATH...|--recursive]
+# --recursive: every submodule, and theirs (PyTorch's third_party tree nests them).
 # Why not `git clone --filter=blob:none`: a partial clone fetches blobs lazily during checkout, i.e. in a later
 # command that may run outside the CA-bundle wrapper and fails behind a TLS-inspecting proxy. Here every network
 # step is a full (shallow) fetch inside this one script, which the caller runs under with-build-secrets.
 # DEST may already hold an earlier checkout (a build cache mount): the commit is reused when present.
 set -eu
 if [ "$#" -lt 3 ]; then
-    echo "usage: fetch-git-ref REPO REF DEST [SUBMODULE_PATH...]" >&2
+    echo "usage: fetch-git-ref REPO REF DEST [SUBMODULE_PATH...|--recursive]" >&2
     exit 2
 fi
 repo="$1" ref="$2" dest="$3"
@@ -32,6 +33,10 @@ case "$ref" in
        fi;;
 esac
 for submodule in "$@"; do
-    git -C "$dest" submodule update --init --depth 1 "$submodule"
+    if [ "$submodule" = "--recursive" ]; then
+        git -C "$dest" submodule update --init --recursive --depth 1
+    else
+        git -C "$dest" submodule update --init --depth 1 "$submodule"
+    fi
 done
 echo "fetch-git-ref: $repo at $head" >&2

@@ -5,10 +5,12 @@
 Into OUTPUT:
   wheels/    every wheel of the vendor's locks (requirements/image-<vendor>*.lock, image-demo.lock, and
              image-build.lock for the GPU images), fetched by `pip download --require-hashes`: pip refuses any file
-             whose sha256 is not the lock's, so the folder holds exactly what the lock names. ROCm also gets torch
-             and pytorch-triton-rocm at stack.env's exact versions from ROCM_TORCH_INDEX_URL (their hashes belong in
-             requirements/image-rocm-torch-index.txt, placeholders until filled; SHA256SUMS records what was fetched).
-  sources/   the source archives the GPU builds compile: FlashAttention and bitsandbytes at the commits pinned in
+             whose sha256 is not the lock's, so the folder holds exactly what the lock names. ROCm with
+             ROCM_TORCH=prebuilt also gets torch and pytorch-triton-rocm at stack.env's exact versions from
+             ROCM_TORCH_INDEX_URL (their hashes belong in requirements/image-rocm-torch-index.txt, placeholders until
+             filled; SHA256SUMS records what was fetched).
+  sources/   the source archives the GPU builds compile: FlashAttention, bitsandbytes and (ROCM_TORCH=source) PyTorch
+             with all its submodules, at the commits pinned in
              stack.env (ROCm: a shallow fetch of that one commit with its submodules, packed as a deterministic
              tar.gz: sorted names, zero times and owners, so the same commit always gives the same sha256), and the
              CUDA FlashAttention sdist checked against CUDA_FLASH_ATTN_SHA256. Named as source_files() says: the
@@ -56,7 +58,18 @@ def locks_for(vendor: str, requirements: Path) -> list[Path]:
     names = [f"image-{vendor}-torch.lock", f"image-{vendor}.lock", "image-demo.lock"]
     if vendor != "cpu":
         names.append("image-build.lock")
+    if vendor == "rocm":
+        names.append("image-rocm-torch-build.lock")  # small (numpy, pyyaml): kept for either ROCM_TORCH position
     return [requirements / name for name in names]
+
+
+def rocm_torch(stack: dict[str, str]) -> str:
+    """stack.env's ROCm torch switch: ``source`` (compiled from ROCM_TORCH_REF) or ``prebuilt`` (PyTorch's wheel).
+    A stack without the key is one from before the switch existed: prebuilt was then the only position."""
+    mode = stack.get("ROCM_TORCH", "prebuilt")
+    if mode not in ("source", "prebuilt"):
+        raise WheelhouseError(f"stack.env: ROCM_TORCH must be source or prebuilt, got {mode!r}")
+    return mode
 
 
 def _pip_download(args: list[str], dest: Path, python_version: str, what: str) -> None:
@@ -79,9 +92,10 @@ def download_lock(lock: Path, dest: Path, python_version: str, index_url: Option
 
 def exact_pins(vendor: str, stack: dict[str, str]) -> list[str]:
     """Wheels a vendor's image installs by exact version from its own index, outside any lock (ROCm's torch)."""
-    if vendor == "rocm":
-        return [f"torch=={stack['ROCM_TORCH_VERSION']}", f"pytorch-triton-rocm=={stack['ROCM_TRITON_VERSION']}"]
-    return []
+    if vendor == "rocm" and rocm_torch(stack) == "prebuilt":
+        version = stack.get("ROCM_TORCH_PREBUILT_VERSION", stack["ROCM_TORCH_VERSION"])
+        return [f"torch=={version}", f"pytorch-triton-rocm=={stack['ROCM_TRITON_VERSION']}"]
+    return []  # ROCM_TORCH=source: torch is compiled from its source archive (source_files)
 
 
 def download_exact(pins: list[str], dest: Path, python_version: str, index_url: str) -> None:
@@ -127,8 +141,9 @@ def url_file_name(url: str) -> str:
 def source_files(vendor: str, stack: dict[str, str]) -> list[str]:
     """The sources/ names sources_for() writes for this stack (refs in stack.env are full commits)."""
     if vendor == "rocm":
+        torch = [git_archive_name("pytorch", stack["ROCM_TORCH_REF"])] if rocm_torch(stack) == "source" else []
         return [git_archive_name("flash-attention", stack["ROCM_FLASH_ATTN_REF"]),
-                git_archive_name("bitsandbytes", stack["ROCM_BNB_REF"])]
+                git_archive_name("bitsandbytes", stack["ROCM_BNB_REF"])] + torch
     if vendor == "cuda":
         return [url_file_name(stack["CUDA_FLASH_ATTN_URL"])]
     return []
@@ -166,9 +181,11 @@ def download_checked(url: str, sha256: str, dest_dir: Path) -> dict[str, Any]:
 
 def sources_for(vendor: str, stack: dict[str, str], dest_dir: Path) -> list[dict[str, Any]]:
     if vendor == "rocm":
+        torch = ([archive_git_ref(stack["ROCM_TORCH_REPO"], stack["ROCM_TORCH_REF"], dest_dir, "pytorch")]
+                 if rocm_torch(stack) == "source" else [])
         return [archive_git_ref(stack["ROCM_FLASH_ATTN_REPO"], stack["ROCM_FLASH_ATTN_REF"], dest_dir,
                                 "flash-attention"),
-                archive_git_ref(stack["ROCM_BNB_REPO"], stack["ROCM_BNB_REF"], dest_dir, "bitsandbytes")]
+                archive_git_ref(stack["ROCM_BNB_REPO"], stack["ROCM_BNB_REF"], dest_dir, "bitsandbytes")] + torch
     if vendor == "cuda":
         return [download_checked(stack["CUDA_FLASH_ATTN_URL"], stack["CUDA_FLASH_ATTN_SHA256"], dest_dir)]
     return []

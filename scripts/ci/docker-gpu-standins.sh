@@ -112,10 +112,16 @@ apt_repository() {
     deb hip-dev rocm-core "$STANDIN/hipconfig:$r/bin/hipconfig" "$STANDIN/roc-obj-ls:$r/bin/roc-obj-ls"
     deb rocm-dev "hip-dev, rocm-core"
     local lib
-    for lib in hip-runtime-amd hipblas hipblaslt hiprand hipsparse rocblas rocrand rocm-smi-lib rocminfo; do
-        deb "$lib" rocm-core
-    done
-    for lib in hipblas hipblaslt hiprand hipsparse rocblas rocrand; do deb "$lib-dev" "$lib, hip-dev"; done
+    # The runtime and -dev packages Dockerfile.rocm installs (its torch-compile stage: the libraries PyTorch's
+    # LoadHIP.cmake finds; the runtime: those a source-built torch links).
+    local libs=(hip-runtime-amd hipblas hipblaslt hipcub hipfft hiprand hipsolver hipsparse miopen-hip rccl rocblas
+        rocfft rocprim rocrand rocsolver rocsparse rocthrust roctracer rocm-smi-lib rocminfo)
+    # The hip* wrappers depend on the roc* library they wrap, as AMD's packages do (the runtime relies on that for
+    # rocBLAS and rocRAND: docs/images.md).
+    local -A wraps=([hipblas]=rocblas [hiprand]=rocrand [hipsolver]=rocsolver [hipfft]=rocfft [hipsparse]=rocsparse)
+    for lib in "${libs[@]}"; do deb "$lib" "rocm-core${wraps[$lib]:+, ${wraps[$lib]}}"; done
+    for lib in hipblas hipblaslt hipcub hipfft hiprand hipsolver hipsparse miopen-hip rccl rocblas rocprim rocrand \
+        rocsolver rocthrust roctracer; do deb "$lib-dev" "$lib, hip-dev"; done
     sign_dist "$rocm" "$rocm/dists/jammy/main/binary-amd64" "$rocm/dists/jammy" jammy
     # NVIDIA: developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64 / (a flat repository)
     local cuda="$REPO/cuda/ubuntu2204/x86_64"
@@ -136,7 +142,10 @@ vendor_base() {
     cp "$WORK/standin.gpg" "$STANDIN/ckit_standin_wheel.py" "$ctx/"
     if [[ "$1" == "$ROCM_DEV" ]]; then
         # AMD's ROCm 6.1 install guide: signed-by keyring in /etc/apt/keyrings, rocm.list, a 600 pin.
-        echo "deb [arch=amd64 signed-by=/etc/apt/keyrings/rocm.gpg] $url/rocm/apt/6.1.2 jammy main" > "$ctx/rocm.list"
+        # The comment names the repository's contents: the runtime stage bind-mounts the base's /etc/apt, so a
+        # changed stand-in repository must change those files, or BuildKit reuses apt layers of the old one.
+        printf '# ckit stand-in repository %s\ndeb [arch=amd64 signed-by=/etc/apt/keyrings/rocm.gpg] %s/rocm/apt/6.1.2 jammy main\n' \
+            "$(cat "$REPO/.done")" "$url" > "$ctx/rocm.list"
         printf 'Package: *\nPin: release o=ckit-standin\nPin-Priority: 600\n' > "$ctx/rocm-pin-600"
         cat > "$ctx/Dockerfile" <<EOF
 FROM $JAMMY

@@ -32,7 +32,7 @@ while (($#)); do
            exit 2;;
     esac
 done
-KNOWN=" image-cuda-torch.lock image-rocm-torch.lock image-cpu-torch.lock image-build.lock image-cuda.lock image-rocm.lock image-cpu.lock "
+KNOWN=" image-cuda-torch.lock image-rocm-torch.lock image-cpu-torch.lock image-build.lock image-rocm-torch-build.lock image-cuda.lock image-rocm.lock image-cpu.lock "
 for name in "${ONLY[@]}"; do
     if [[ "$KNOWN" != *" $name "* ]]; then
         echo "docker-locks: $name is not a generated lock (one of:$KNOWN)" >&2
@@ -159,14 +159,16 @@ fi
 
 # Build tools of the GPU extension stages (the same file for both GPU images).
 compile image-build.lock 3.10 $R/image-build.in
+# What the ROCm torch source build needs besides image-build.lock (installed together with it: resolved against it).
+compile image-rocm-torch-build.lock 3.10 $R/image-rocm-torch-build.in -- --constraint $R/image-build.lock
 
 # App locks, resolved against the torch locks in requirements/: the torch layer's packages are already installed
 # below the app stage, so leave them out.
 no_emit_args $R/image-cuda-torch.lock
 compile image-cuda.lock 3.10 $R/image-cuda.in $R/image-gpu-app.in -- \
     --constraint $R/image-cuda-torch.lock "${NO_EMIT[@]}"
-# The ROCm app resolves against torch 2.3.1's metadata too (the CUDA torch lock pins it; the +rocm6.0 build has
-# the same Python dependencies, pytorch-triton-rocm aside), else the resolver would pick today's torch.
+# The ROCm app resolves against torch 2.3.1's metadata too (the CUDA torch lock pins it): the version the ROCm image
+# compiles by default (stack.env ROCM_TORCH=source); else the resolver would pick today's torch.
 compile image-rocm.lock 3.10 $R/image-rocm.in $R/image-gpu-app.in -- \
     --constraint $R/image-cuda-torch.lock "${NO_EMIT[@]}"
 cpu_constraints="$(mktemp)"

@@ -16,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {vendor: ROOT / f"Dockerfile.{vendor}" for vendor in ("rocm", "cuda", "cpu")}
 APP_DOCKERFILE = ROOT / "Dockerfile.app"
 STACK = read_stack()
+# stack.env's ROCm torch switch (ROCM_TORCH): position -> the torch version the image then carries (the Makefile
+# passes ROCM_TORCH_PREBUILT_VERSION as ROCM_TORCH_VERSION for prebuilt).
+ROCM_TORCH_VERSIONS = {"source": STACK["ROCM_TORCH_VERSION"], "prebuilt": STACK["ROCM_TORCH_PREBUILT_VERSION"]}
+
+
+def rocm_torch_hip_release(position: str) -> str:
+    """torch.version.hip's major.minor in each position: a source build's is the dev base's ROCm (it is compiled
+    against it); PyTorch's wheel names its ROCm release in its local version (+rocmX.Y)."""
+    if position == "source":
+        return ".".join(STACK["ROCM_VERSION"].split(".")[:2])
+    return re.search(r"\+rocm(\d+\.\d+)$", ROCM_TORCH_VERSIONS["prebuilt"]).group(1)
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 PLACEHOLDER_DIGEST = "@sha256:" + "0" * 64
 

@@ -76,15 +76,16 @@ def test_every_version_comes_from_stack_env(vendor):
 @pytest.mark.parametrize("vendor", sorted(ALL_TEXT))
 def test_a_direct_docker_build_fails_at_its_first_line(vendor):
     # No defaults: `docker build -f Dockerfile.x .` stops at the first FROM with a message naming make/stack.env.
+    # A stage picked by a switch (ROCm's torch-${ROCM_TORCH}) carries the same message.
     for item in from_lines(ALL_TEXT[vendor], {}):
         if "$" in item.reference:
-            assert re.fullmatch(r"\$\{\w+:\?unset:build_through_make\S*stack\.env\}", item.reference), item.reference
+            assert re.fullmatch(r"[\w-]*\$\{\w+:\?unset:build_through_make\S*stack\.env\}", item.reference), item.reference
 
 
 def test_stack_env_holds_every_pin_the_images_need():
     assert STACK["ROCM_VERSION"].startswith("6.1.")
     assert set(STACK["ROCM_GPU_ARCHS"].split(";")) == {"gfx90a", "gfx942"}
-    for key in ("ROCM_FLASH_ATTN_REF", "ROCM_BNB_REF"):
+    for key in ("ROCM_FLASH_ATTN_REF", "ROCM_BNB_REF", "ROCM_TORCH_REF"):
         assert re.fullmatch(r"[0-9a-f]{40}", STACK[key]), f"{key} must be a commit"
     assert STACK["CUDA_VERSION"].startswith("12.") and STACK["CUDA_TORCH_VERSION"].startswith("2.3.")
     assert set(STACK["CUDA_ARCH_LIST"].split(";")) == {"8.0", "9.0"}
@@ -135,6 +136,14 @@ def test_make_builds_rocm_once_a_digest_is_given():
     assert f"--build-arg ROCM_BASE={digest}" in result.stdout
     assert "--build-arg ROCM_GPU_ARCHS=gfx942" in result.stdout
     assert f"--build-arg ROCM_TORCH_VERSION={STACK['ROCM_TORCH_VERSION']}" in result.stdout
+    assert f"--build-arg ROCM_TORCH={STACK['ROCM_TORCH']}" in result.stdout
+    prebuilt = subprocess.run(["make", "-s", "image-rocm", "DOCKER=echo", f"ROCM_BASE={digest}", "ROCM_TORCH=prebuilt",
+                               "WHEELS=dist/w"], cwd=ROOT, capture_output=True, text=True)
+    assert f"--build-arg ROCM_TORCH_VERSION={STACK['ROCM_TORCH_PREBUILT_VERSION']}" in prebuilt.stdout
+    # Exported wheels replace the compiled torch's stage too (the one switch position that has one).
+    assert f"--build-context torch-wheel={ROOT / 'dist' / 'w'}" in prebuilt.stdout
+    wrong = subprocess.run(["make", "-s", "help", "ROCM_TORCH=wheel"], cwd=ROOT, capture_output=True, text=True)
+    assert wrong.returncode != 0 and "ROCM_TORCH must be source or prebuilt" in wrong.stderr
     assert "MAX_JOBS" not in result.stdout, "an unset MAX_JOBS must leave FlashAttention's memory-aware default"
 
 
@@ -159,7 +168,8 @@ def test_apt_and_pip_conventions(vendor):
             assert "rm -rf /var/lib/apt/lists/*" in item.args, f"line {item.line}: apt lists left in the layer"
         for command in re.findall(r"pip (?:install|wheel)[^&;]*", item.args):
             hashed = "--require-hashes" in command and " -r " in command
-            local = "--no-deps" in command and ("/wheels" in command or "--wheel-dir" in command)
+            local = "--no-deps" in command and ("/wheels" in command or "--wheel-dir" in command
+                                                or ("--no-index" in command and '.whl"' in command))
             exact = "--no-deps" in command and re.search(r'"\w[\w-]*==\$\{\w+\}"', command)
             built = "--no-deps" in command and "--no-build-isolation" in command and "--wheel-dir /wheels" in command
             assert hashed or local or exact or built, f"Dockerfile.{vendor} line {item.line}: unpinned pip: {command}"

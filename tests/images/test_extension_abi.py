@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .dockerfiles import ROOT, STACK
+from .dockerfiles import ROCM_TORCH_VERSIONS, ROOT, STACK, rocm_torch_hip_release
 
 spec = importlib.util.spec_from_file_location("check_extensions", ROOT / "docker" / "check_extensions.py")
 check = importlib.util.module_from_spec(spec)
@@ -31,15 +31,16 @@ def built_only(tmp_path, name: str):
     return folder
 
 
-def test_rocm_bitsandbytes_builds_the_library_name_it_will_load(tmp_path):
+@pytest.mark.parametrize("position", sorted(ROCM_TORCH_VERSIONS))
+def test_rocm_bitsandbytes_builds_the_library_name_it_will_load(tmp_path, position):
     pytest.importorskip("bitsandbytes")
     # Built: CMake names it after `hipconfig --version` of the userspace (ROCM_VERSION's major.minor).
     built = check.bnb_built_library("rocm", STACK["ROCM_VERSION"])
-    # Loaded: bitsandbytes' own get_cuda_bnb_library_path with torch.version.hip = the wheel's +rocmX.Y release.
-    loaded = check.bnb_loaded_library("rocm", check.torch_gpu_version_from_wheel(STACK["ROCM_TORCH_VERSION"]),
-                                      library_dir=built_only(tmp_path, built))
-    assert built == loaded, (f"bitsandbytes builds {built} on ROCm {STACK['ROCM_VERSION']} but under torch "
-                             f"{STACK['ROCM_TORCH_VERSION']} loads {loaded}")
+    # Loaded: bitsandbytes' own get_cuda_bnb_library_path with torch.version.hip of either ROCM_TORCH position.
+    loaded = check.bnb_loaded_library("rocm", rocm_torch_hip_release(position), library_dir=built_only(tmp_path, built))
+    assert built == loaded == "libbitsandbytes_rocm61.so", (
+        f"bitsandbytes builds {built} on ROCm {STACK['ROCM_VERSION']} but under torch "
+        f"{ROCM_TORCH_VERSIONS[position]} ({position}) loads {loaded}")
 
 
 def test_the_name_check_catches_the_old_pair(tmp_path):
@@ -94,9 +95,11 @@ def test_bitsandbytes_import_time_logs_are_held_back(capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_rocm_extensions_are_compiled_with_torchs_hip_release():
+@pytest.mark.parametrize("position", sorted(ROCM_TORCH_VERSIONS))
+def test_rocm_extensions_are_compiled_with_torchs_hip_release(position):
     userspace = check.major_minor(STACK["ROCM_VERSION"])
-    assert userspace == check.torch_gpu_version_from_wheel(STACK["ROCM_TORCH_VERSION"])
+    assert userspace == rocm_torch_hip_release(position)
+    assert userspace == check.torch_gpu_version_from_wheel(ROCM_TORCH_VERSIONS["prebuilt"])
     assert f"rocm{userspace}" in STACK["ROCM_TORCH_INDEX_URL"]
     assert STACK["ROCM_BASE"].split("@")[0].endswith(f":{STACK['ROCM_VERSION']}"), "ROCM_BASE is another release"
 

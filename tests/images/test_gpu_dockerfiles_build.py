@@ -8,15 +8,19 @@ each vendor compile: `pip wheel --no-build-isolation` (FlashAttention, bitsandby
 names them (tests/images/standin/ckit_standin_wheel.py). The test fails when the derived file differs from the real
 one anywhere else, or when BuildKit's log lacks any step of any stage.
 
-ROCm takes the air-gapped path (WHEELHOUSE=1): the lock wheels are the real ones (downloaded by hash), torch
-2.4.1+rocm6.1 and pytorch-triton-rocm are stand-in wheels (PyTorch's index is not reachable: only their version
-strings are real), and the FlashAttention and bitsandbytes archives are stand-in source trees (GitHub is not
-reachable) named by the pinned commits. CUDA takes the default path: torch 2.3.1 and its nvidia-* wheels from
+ROCm is built in both positions of stack.env's ROCM_TORCH switch, both on the air-gapped path (WHEELHOUSE=1), at once
+and sharing their base layers: the lock wheels are the real ones (downloaded by hash); the PyTorch, FlashAttention
+and bitsandbytes archives are stand-in source trees (GitHub is not reachable) named by the pinned commits. With
+`source` (the default) the torch compile is the third stood-in `pip wheel` and writes torch-2.3.1; with `prebuilt`
+torch 2.4.1+rocm6.1 and pytorch-triton-rocm are stand-in wheels (PyTorch's index is not reachable: only their
+version strings are real) and the build runs from a copy of the checkout whose index lock holds their sha256. CUDA takes the default path: torch 2.3.1 and its nvidia-* wheels from
 PyPI by hash, the FlashAttention sdist downloaded and sha256-checked, all real. docs/images.md has the table.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from .dockerfiles import DOCKERFILES, ROOT, STACK, from_lines, instructions
+from .dockerfiles import DOCKERFILES, ROCM_TORCH_VERSIONS, ROOT, STACK, from_lines, instructions
 from .test_wheelhouse_build import wheelhouse
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -38,7 +42,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SCRIPT = ROOT / "scripts" / "ci" / "docker-gpu-standins.sh"
 SYSTEM_CA = Path(os.environ.get("CKIT_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
 COMPILE, STANDIN_COMPILE = "pip wheel --no-build-isolation", "ckit-standin-wheel --no-build-isolation"
-COMPILES = {"rocm": 2, "cuda": 1}
+COMPILES = {"rocm": 3, "cuda": 1}  # ROCm: torch (ROCM_TORCH=source), FlashAttention, bitsandbytes
 # The stand-in torch's torch.version.hip: HIP 6.1.2's version string; its major.minor is the wheel's +rocm6.1.
 STANDIN_HIP = "6.1.40093-bd86f1708"
 PY_TAG = "cp310-cp310-linux_x86_64"
@@ -77,7 +81,10 @@ def expected_steps(vendor: str) -> dict[str, int]:
         if item.keyword == "FROM":
             words = [w for w in item.args.split() if not w.startswith("--")]
             stage = words[2]
-            steps[stage] = 0 if words[0] in names or words[0] == "scratch" else 1
+            # A stage picked by a switch (torch-${ROCM_TORCH}) is a stage of this file, not an image.
+            prefix = words[0].split("${")[0]
+            local = words[0] in names or words[0] == "scratch" or bool(prefix and any(n.startswith(prefix) for n in names))
+            steps[stage] = 0 if local else 1
         elif stage and item.keyword in ("COPY", "ADD", "RUN"):
             steps[stage] += 1
     return steps
@@ -137,16 +144,16 @@ def write_wheel(folder: Path, name: str, version: str, files: dict[str, str]) ->
     return path
 
 
-def standin_torch_wheels(folder: Path) -> None:
+def standin_torch_wheels(folder: Path) -> list[Path]:
     """torch and pytorch-triton-rocm as PyTorch's ROCm index names them, holding only their version strings."""
-    torch_version = STACK["ROCM_TORCH_VERSION"]
+    torch_version = ROCM_TORCH_VERSIONS["prebuilt"]
     assert STANDIN_HIP.startswith(re.search(r"\+rocm(\d+\.\d+)", torch_version).group(1))
-    write_wheel(folder, "torch", torch_version, {
+    torch = write_wheel(folder, "torch", torch_version, {
         "torch/__init__.py": '"""Stand-in: version strings of PyTorch\'s ROCm wheel only."""\nfrom . import version\n'
                              "__version__ = version.__version__\n",
         "torch/version.py": f"__version__ = {torch_version!r}\nhip = {STANDIN_HIP!r}\ncuda = None\n"})
-    write_wheel(folder, "pytorch_triton_rocm", STACK["ROCM_TRITON_VERSION"],
-                {"triton/__init__.py": f"__version__ = {STACK['ROCM_TRITON_VERSION']!r}\n"})
+    return [torch, write_wheel(folder, "pytorch_triton_rocm", STACK["ROCM_TRITON_VERSION"],
+                               {"triton/__init__.py": f"__version__ = {STACK['ROCM_TRITON_VERSION']!r}\n"})]
 
 
 def standin_source(folder: Path, name: str, ref: str, package: str, version: str) -> None:
@@ -158,6 +165,21 @@ def standin_source(folder: Path, name: str, ref: str, package: str, version: str
     if name == "flash-attention":
         (tree / "csrc" / "composable_kernel").mkdir(parents=True)
         (tree / "csrc" / "composable_kernel" / "STANDIN").write_text("stand-in submodule\n")
+    if name == "bitsandbytes":
+        # The build stage's check runs bitsandbytes' own library-naming code from the wheel (check_extensions.py
+        # reads these files): the real files of the bitsandbytes installed with the tests (its naming rule for ROCm
+        # is 0.48.2's: libbitsandbytes_rocm<hip major.minor>.so; test_extension_abi.py runs it on both torch positions).
+        installed = Path(importlib.util.find_spec("bitsandbytes").submodule_search_locations[0])
+        for module in ("consts.py", "cuda_specs.py", "cextension.py"):
+            shutil.copy(installed / module, tree / package / module)
+    if name == "pytorch":  # what the torch-compile stage reads: version.txt, the hipify script, submodules
+        (tree / "version.txt").write_text(f"{version}\n")
+        (tree / "tools" / "amd_build").mkdir(parents=True)
+        (tree / "tools" / "amd_build" / "build_amd.py").write_text(
+            "# stand-in for PyTorch's hipify script: marks the tree as hipified\n"
+            "open('STANDIN-hipified', 'w').write('hipified\\n')\n")
+        (tree / "third_party" / "kineto").mkdir(parents=True)
+        (tree / "third_party" / "kineto" / "STANDIN").write_text("stand-in submodule\n")
     archive = wheelhouse.git_archive_name(name, ref)
     wheelhouse.deterministic_tar_gz(tree, folder / archive, archive[:-len(".tar.gz")])
     shutil.rmtree(tree)
@@ -169,30 +191,33 @@ def rocm_wheelhouse(standins, tmp_path_factory) -> Path:
     cache = Path(standins["WORK"]) / "rocm-lock-wheels"  # files pinned by sha256 in the locks: fetched once
     if not (cache / ".done").is_file():
         cache.mkdir(parents=True, exist_ok=True)
-        for lock in ("image-rocm-torch.lock", "image-build.lock"):
+        for lock in ("image-rocm-torch.lock", "image-build.lock", "image-rocm-torch-build.lock"):
             wheelhouse.download_lock(ROOT / "requirements" / lock, cache, "3.10", None)
         (cache / ".done").write_text("")
     shutil.copytree(cache, house / "wheels", ignore=shutil.ignore_patterns(".done"))
     standin_torch_wheels(house / "wheels")
     (house / "sources").mkdir()
+    standin_source(house / "sources", "pytorch", STACK["ROCM_TORCH_REF"], "torch", ROCM_TORCH_VERSIONS["source"])
     standin_source(house / "sources", "flash-attention", STACK["ROCM_FLASH_ATTN_REF"], "flash_attn", "2.6.2")
     standin_source(house / "sources", "bitsandbytes", STACK["ROCM_BNB_REF"], "bitsandbytes", STACK["ROCM_BNB_VERSION"])
     wheelhouse.write_sums(house)
     return house
 
 
-def make_args(vendor: str, standins: dict[str, str], dockerfile: Path, dist: Path, house: Path | None) -> list[str]:
+def make_args(vendor: str, standins: dict[str, str], dockerfile: Path, dist: Path, house: Path | None,
+              position: str | None = None) -> list[str]:
     """What a user passes to `make wheels-<vendor>` / `make image-<vendor>`, with the stand-in bases."""
     bases = ([f"ROCM_BASE={standins['ROCM_DEV']}", f"ROCM_RUNTIME_BASE={standins['JAMMY']}"] if vendor == "rocm"
              else [f"CUDA_DEVEL_BASE={standins['CUDA_DEVEL']}", f"CUDA_RUNTIME_BASE={standins['JAMMY']}"])
-    return [*bases, f"CA_BUNDLE={SYSTEM_CA}", f"DIST={dist}", *([f"WHEELHOUSE={house}"] if house else []),
+    switch = [f"ROCM_TORCH={position}"] if position else []
+    return [*bases, *switch, f"CA_BUNDLE={SYSTEM_CA}", f"DIST={dist}", *([f"WHEELHOUSE={house}"] if house else []),
             # -f again: buildx takes the last one, so make's own command line is kept whole otherwise.
             f"BUILD_FLAGS=-f {dockerfile} --network host --progress plain"]
 
 
-def runtime_command(vendor: str, args: list[str], tag: str) -> list[str]:
+def runtime_command(vendor: str, args: list[str], tag: str, context: Path = ROOT) -> list[str]:
     """make's own buildx command line for `wheels-<vendor>`, aimed at the runtime stage (it needs every other one)."""
-    printed = run(["make", "-s", f"wheels-{vendor}", "DOCKER=echo", *args], cwd=ROOT)
+    printed = run(["make", "-s", f"wheels-{vendor}", "DOCKER=echo", *args], cwd=context)
     assert printed.returncode == 0, printed.stderr
     command = shlex.split(printed.stdout.strip().splitlines()[-1])
     target = command.index("--target")
@@ -208,37 +233,65 @@ def in_image(tag: str, script: str) -> str:
     return result.stdout
 
 
+def prebuilt_context(folder: Path, house: Path) -> Path:
+    """The checkout (git's files) with requirements/image-rocm-torch-index.txt filled with the sha256 of the stand-in
+    torch and triton wheels, as a site fills the placeholders from the real files: the ROCM_TORCH=prebuilt build
+    refuses placeholders by design (test_stack_tools.py tests that refusal), so it builds from this copy."""
+    context = folder / "context"
+    listed = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT).stdout
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, context / name)
+    index = context / "requirements" / "image-rocm-torch-index.txt"
+    text = index.read_text()
+    for wheel in (f"torch-{ROCM_TORCH_VERSIONS['prebuilt']}-{PY_TAG}.whl",
+                  f"pytorch_triton_rocm-{STACK['ROCM_TRITON_VERSION']}-{PY_TAG}.whl"):
+        digest = hashlib.sha256((house / "wheels" / wheel).read_bytes()).hexdigest()
+        text = text.replace("sha256:" + "0" * 64, "sha256:" + digest, 1)
+    index.write_text(text)
+    return context
+
+
+# name -> (Dockerfile vendor, ROCM_TORCH position): both switch positions of the ROCm file, and CUDA.
+BUILDS = {"rocm": ("rocm", "source"), "rocm-prebuilt": ("rocm", "prebuilt"), "cuda": ("cuda", None)}
+
+
 @pytest.fixture(scope="module")
 def gpu_builds(repository, rocm_wheelhouse, tmp_path_factory) -> dict[str, dict]:
-    """Both runtime builds at once (CUDA's mostly waits on PyPI, ROCm's on the CPU), then both wheel exports."""
+    """Every runtime build at once (CUDA's mostly waits on PyPI, ROCm's on the CPU; the two ROCm positions share
+    their base layers), then every wheel export."""
     builds: dict[str, dict] = {}
     try:
-        for vendor, house in (("rocm", rocm_wheelhouse), ("cuda", None)):
-            folder = tmp_path_factory.mktemp(vendor)
-            args = make_args(vendor, repository, derive(vendor, folder), folder / "dist", house)
-            tag = f"{repository['JAMMY'].split('/')[0]}/gpu-build-test:{vendor}"
+        for name, (vendor, position) in BUILDS.items():
+            folder = tmp_path_factory.mktemp(name)
+            house = rocm_wheelhouse if vendor == "rocm" else None
+            context = prebuilt_context(folder, house) if position == "prebuilt" else ROOT
+            args = make_args(vendor, repository, derive(vendor, folder), folder / "dist", house, position)
+            tag = f"{repository['JAMMY'].split('/')[0]}/gpu-build-test:{name}"
             with open(folder / "build.log", "w") as log:
-                process = subprocess.Popen(runtime_command(vendor, args, tag), cwd=ROOT, stdout=subprocess.DEVNULL,
-                                           stderr=log)
-            builds[vendor] = {"tag": tag, "args": args, "process": process, "log": folder / "build.log",
-                              "wheels": folder / "dist" / f"wheels-{vendor}"}
-        for vendor, build in builds.items():
+                process = subprocess.Popen(runtime_command(vendor, args, tag, context), cwd=context,
+                                           stdout=subprocess.DEVNULL, stderr=log)
+            builds[name] = {"tag": tag, "args": args, "process": process, "log": folder / "build.log",
+                            "wheels": folder / "dist" / f"wheels-{vendor}", "context": context,
+                            "vendor": vendor, "position": position}
+        for name, build in builds.items():
             code = build["process"].wait(timeout=3000)
             build["log"] = build["log"].read_text()
-            assert code == 0, f"Dockerfile.{vendor}:\n{build['log'][-6000:]}"
+            assert code == 0, f"Dockerfile.{build['vendor']} ({name}):\n{build['log'][-6000:]}"
     finally:
         for build in builds.values():
             if build["process"].poll() is None:
                 build["process"].terminate()
-    for vendor, build in builds.items():
-        exported = run(["make", "-s", f"wheels-{vendor}", *build["args"]], cwd=ROOT)
+    for build in builds.values():
+        exported = run(["make", "-s", f"wheels-{build['vendor']}", *build["args"]], cwd=build["context"])
         assert exported.returncode == 0, exported.stderr[-4000:]
     return builds
 
 
-@pytest.fixture(scope="module")
-def rocm_build(gpu_builds) -> dict:
-    return gpu_builds["rocm"]
+@pytest.fixture(scope="module", params=["source", "prebuilt"])
+def rocm_build(gpu_builds, request) -> dict:
+    return gpu_builds["rocm" if request.param == "source" else "rocm-prebuilt"]
 
 
 @pytest.fixture(scope="module")
@@ -267,9 +320,16 @@ def test_a_log_missing_a_step_fails(tmp_path):
             assert_every_step_ran("cuda", "\n".join(line for line in lines if missing not in line), skipped=set())
 
 
+# The stages of the other ROCM_TORCH position, which BuildKit does not run.
+NOT_IN = {"source": {"torch-prebuilt", "torch-wheel-prebuilt"},
+          "prebuilt": {"torch-compile", "torch-wheel-source", "torch-source"}}
+
+
 def test_rocm_every_stage_and_step_ran(rocm_build):
     # The wheelhouse stage is the build context given with WHEELHOUSE=DIR: no steps of its own.
-    assert_every_step_ran("rocm", rocm_build["log"], skipped={"wheelhouse"})
+    assert_every_step_ran("rocm", rocm_build["log"], skipped={"wheelhouse"} | NOT_IN[rocm_build["position"]])
+    for stage in NOT_IN[rocm_build["position"]]:
+        assert stage not in steps_in_log(rocm_build["log"]), f"{stage} ran with ROCM_TORCH={rocm_build['position']}"
 
 
 def test_cuda_every_stage_and_step_ran(cuda_build):
@@ -278,9 +338,16 @@ def test_cuda_every_stage_and_step_ran(cuda_build):
 
 def test_rocm_wheels_are_named_as_the_real_build_names_them(rocm_build):
     names = sorted(p.name for p in rocm_build["wheels"].iterdir())
-    assert names == [f"bitsandbytes-{STACK['ROCM_BNB_VERSION']}-{PY_TAG}.whl", f"flash_attn-2.6.2-{PY_TAG}.whl"]
+    # `make wheels-rocm` exports the compiled torch with the extensions (WHEELS= then skips its compile too).
+    torch = [f"torch-{ROCM_TORCH_VERSIONS['source']}-{PY_TAG}.whl"] if rocm_build["position"] == "source" else []
+    assert names == [f"bitsandbytes-{STACK['ROCM_BNB_VERSION']}-{PY_TAG}.whl", f"flash_attn-2.6.2-{PY_TAG}.whl", *torch]
     with zipfile.ZipFile(rocm_build["wheels"] / names[0]) as archive:
         assert "bitsandbytes/libbitsandbytes_rocm61.so" in archive.namelist()
+    if torch:
+        with zipfile.ZipFile(rocm_build["wheels"] / torch[0]) as archive:
+            version = archive.read("torch/version.py").decode()
+            assert f"hip = {STANDIN_HIP!r}" in version and "cuda = None" in version
+            assert "torch/lib/libtorch_hip.so" in archive.namelist()
 
 
 def test_cuda_wheel_is_named_as_the_real_build_names_it(cuda_build):
@@ -292,15 +359,16 @@ def test_cuda_wheel_is_named_as_the_real_build_names_it(cuda_build):
 
 
 def test_rocm_runtime_image(rocm_build, docker_client):
+    torch_version = ROCM_TORCH_VERSIONS[rocm_build["position"]]
     config = docker_client.images.get(rocm_build["tag"]).attrs["Config"]
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["ROCM_PATH"] == "/opt/rocm" and env["LD_LIBRARY_PATH"] == "/opt/rocm/lib"
     assert env["PATH"].startswith("/opt/venv/bin:/opt/rocm/bin:") and "DEBIAN_FRONTEND" not in env
     labels = config["Labels"]
-    assert labels["io.github.clinical-finetune-kit.torch"] == STACK["ROCM_TORCH_VERSION"]
+    assert labels["io.github.clinical-finetune-kit.torch"] == torch_version
     assert labels["io.github.clinical-finetune-kit.gpu-archs"] == STACK["ROCM_GPU_ARCHS"]
     info = json.loads(in_image(rocm_build["tag"], "cat /etc/clinical-finetune-kit/build.json"))
-    assert info["vendor"] == "rocm" and info["torch_version"] == STACK["ROCM_TORCH_VERSION"]
+    assert info["vendor"] == "rocm" and info["torch_version"] == torch_version
     assert info["rocm_version"] == STACK["ROCM_VERSION"] and info["hip_version"] == STANDIN_HIP
     assert info["gpu_archs"] == STACK["ROCM_GPU_ARCHS"].split(";")
     assert info["flash_attn_version"] == "2.6.2" and info["bitsandbytes_version"] == STACK["ROCM_BNB_VERSION"]
@@ -309,6 +377,12 @@ def test_rocm_runtime_image(rocm_build, docker_client):
     for name in ("hip-runtime-amd", "hipblaslt", "rocblas", "rocm-smi-lib", "rocminfo", "python3.10", "ca-certificates"):
         assert f"\n{name}\n" in f"\n{packages}", f"{name} is not installed in the runtime image"
     assert "libbitsandbytes_rocm61.so" in packages and "hip-dev" not in packages.split()
+    # A source-built torch links the system ROCm libraries; PyTorch's wheel bundles its own (docs/images.md).
+    # (rocSPARSE, rocBLAS, rocRAND come in either way, as dependencies of the hip* wrappers bitsandbytes links.)
+    for name in ("miopen-hip", "rccl", "hipfft", "rocfft", "hipsolver", "rocsolver", "roctracer"):
+        assert (f"\n{name}\n" in f"\n{packages}") == (rocm_build["position"] == "source"), name
+    versions = in_image(rocm_build["tag"], "python -c 'import torch; print(torch.__version__, torch.version.hip)'")
+    assert versions.split() == [torch_version, STANDIN_HIP]
 
 
 def test_cuda_runtime_image(cuda_build, docker_client):

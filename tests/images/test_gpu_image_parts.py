@@ -52,6 +52,8 @@ def test_runtime_gets_a_ca_store_on_a_base_without_one(vendor, no_ca_base, cpu_b
     result = run(["docker", "buildx", "build", "--network", "host", "--progress", "plain", "-f", f"Dockerfile.{vendor}",
                   "--target", "runtime-certs", "--build-arg", f"{key}_RUNTIME_BASE={no_ca_base}",
                   "--build-arg", f"{devel}={cpu_base}", "--secret", f"id=ca_bundle,src={bundle}",
+                  # Every FROM is expanded, used or not: ROCm's torch switch too (no default, like the bases).
+                  *(["--build-arg", "ROCM_TORCH=source"] if vendor == "rocm" else []),
                   "-t", tag, "--load", "."], cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     store = run(["docker", "run", "--rm", "--network", "host", tag, "sh", "-c",
@@ -76,13 +78,22 @@ def test_make_wheels_exports_the_wheels_stage(vendor, cpu_base, tmp_path):
     # Every base of the file is the local one (never pulled: the compile stages are replaced, not built).
     bases = ([f"ROCM_BASE={cpu_base}", f"ROCM_RUNTIME_BASE={cpu_base}"] if vendor == "rocm"
              else [f"CUDA_DEVEL_BASE={cpu_base}", f"CUDA_RUNTIME_BASE={cpu_base}"])
+    # ROCm (ROCM_TORCH=source, the default): the compiled torch is exported too; its stage is replaced the same way.
+    torch_stage = tmp_path / "torch-wheel"
+    torch_stage.mkdir()
+    torch_wheel = torch_stage / "torch-2.3.1-cp310-cp310-linux_x86_64.whl"
+    with zipfile.ZipFile(torch_wheel, "w") as archive:
+        archive.writestr("torch/__init__.py", "")
+    replaced = f"--build-context build={stand_in}" + (f" --build-context torch-wheel={torch_stage}"
+                                                      if vendor == "rocm" else "")
     dist = tmp_path / "dist"
     result = run(["make", "-s", f"wheels-{vendor}", *bases, f"DIST={dist}",
-                  f"BUILD_FLAGS=--build-context build={stand_in} --network host --progress plain"], cwd=ROOT)
+                  f"BUILD_FLAGS={replaced} --network host --progress plain"], cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     exported = dist / f"wheels-{vendor}" / wheel.name
     assert exported.read_bytes() == wheel.read_bytes()
-    assert [p.name for p in exported.parent.iterdir()] == [wheel.name], "only the wheels are exported"
+    expected = sorted([wheel.name] + ([torch_wheel.name] if vendor == "rocm" else []))
+    assert sorted(p.name for p in exported.parent.iterdir()) == expected, "only the wheels are exported"
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.rocm", "Dockerfile.cuda", "Dockerfile.cpu", "Dockerfile.app"])

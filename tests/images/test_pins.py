@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .dockerfiles import ROOT, STACK
+from .dockerfiles import ROCM_TORCH_VERSIONS, ROOT, STACK
 
 REQ = ROOT / "requirements"
 PIN = re.compile(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", re.M)
@@ -18,6 +18,7 @@ LOCK_SOURCES = {
     "image-rocm-torch.lock": ["image-rocm-torch.in"],
     "image-cpu-torch.lock": ["image-cpu-torch.in"],
     "image-build.lock": ["image-build.in"],
+    "image-rocm-torch-build.lock": ["image-rocm-torch-build.in"],
     "image-cuda.lock": ["image-cuda.in", "image-gpu-app.in"],
     "image-rocm.lock": ["image-rocm.in", "image-gpu-app.in"],
     "image-cpu.lock": ["image-cpu.in"],
@@ -77,10 +78,21 @@ def test_every_locked_requirement_carries_a_hash(lock):
 def test_stack_torch_versions_match_their_locks():
     assert pins(REQ / "image-cuda-torch.lock")["torch"] == STACK["CUDA_TORCH_VERSION"]
     assert pins(REQ / "image-cpu-torch.lock")["torch"] == STACK["CPU_TORCH_VERSION"]
-    # ROCm: torch itself comes from the PyTorch index; its dependencies were resolved for this version.
-    rocm = STACK["ROCM_TORCH_VERSION"]
-    assert pins(REQ / "image-rocm-torch.in")["torch"] == rocm.split("+")[0]
-    assert rocm.endswith("+rocm" + STACK["ROCM_TORCH_INDEX_URL"].rsplit("rocm", 1)[1])
+    # ROCm: torch itself is compiled (source) or comes from the PyTorch index (prebuilt); its dependencies were
+    # resolved for the compiled version (the prebuilt one declares the same pure-Python dependencies).
+    assert pins(REQ / "image-rocm-torch.in")["torch"] == ROCM_TORCH_VERSIONS["source"]
+    prebuilt = ROCM_TORCH_VERSIONS["prebuilt"]
+    assert prebuilt.endswith("+rocm" + STACK["ROCM_TORCH_INDEX_URL"].rsplit("rocm", 1)[1])
+
+
+def test_the_default_rocm_image_is_rocm_6_1_with_torch_2_3():
+    # What the user asked for: ROCm 6.1 + PyTorch 2.3. Only a source build gives that pair (docs/images.md).
+    assert STACK["ROCM_TORCH"] == "source", "stack.env ROCM_TORCH: the default must be the source build"
+    assert STACK["ROCM_VERSION"].startswith("6.1.") and STACK["ROCM_BASE"].split("@")[0].endswith(":6.1.2")
+    assert re.fullmatch(r"2\.3\.\d+", ROCM_TORCH_VERSIONS["source"]), ROCM_TORCH_VERSIONS["source"]
+    assert re.fullmatch(r"[0-9a-f]{40}", STACK["ROCM_TORCH_REF"]) and STACK["ROCM_TORCH_REPO"].endswith("/pytorch.git")
+    # The ROCm image's Python stack is the torch 2.3 stack the CUDA image and the compat venv run.
+    assert pins(REQ / "image-rocm-torch.in")["torch"] == STACK["CUDA_TORCH_VERSION"] == ROCM_TORCH_VERSIONS["source"]
 
 
 def test_gpu_images_run_the_same_app_stack():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .dockerfiles import ROOT, STACK
+from .dockerfiles import ROCM_TORCH_VERSIONS, ROOT, STACK
 
 spec = importlib.util.spec_from_file_location("resolve_digests", ROOT / "docker" / "resolve_digests.py")
 resolve_digests = importlib.util.module_from_spec(spec)
@@ -147,6 +147,7 @@ def test_env_update_keeps_the_users_own_lines(tmp_path):
 # --- ROCm torch and pytorch-triton-rocm: hash-locked outside the uv locks (their index is not PyPI) -----------
 
 INDEX_LOCK = ROOT / "requirements" / "image-rocm-torch-index.txt"
+PREBUILT = ROCM_TORCH_VERSIONS["prebuilt"]  # the index lock serves the ROCM_TORCH=prebuilt position
 
 
 def index_pins(text: str) -> dict[str, list[str]]:
@@ -161,7 +162,7 @@ def index_pins(text: str) -> dict[str, list[str]]:
 
 def test_rocm_index_lock_pins_stack_envs_versions_by_hash():
     pins = index_pins(INDEX_LOCK.read_text())
-    assert set(pins) == {f"torch=={STACK['ROCM_TORCH_VERSION']}", f"pytorch-triton-rocm=={STACK['ROCM_TRITON_VERSION']}"}
+    assert set(pins) == {f"torch=={PREBUILT}", f"pytorch-triton-rocm=={STACK['ROCM_TRITON_VERSION']}"}
     for pin, hashes in pins.items():
         assert len(hashes) == 1 and re.fullmatch(r"sha256:[0-9a-f]{64}", hashes[0]), (pin, hashes)
 
@@ -177,7 +178,7 @@ def rocm_torch_guard() -> str:
 def run_guard(tmp_path: Path, lock_text: str) -> subprocess.CompletedProcess:
     lock = tmp_path / "index.txt"
     lock.write_text(lock_text)
-    env = {**os.environ, "LOCK": str(lock), "ROCM_TORCH_VERSION": STACK["ROCM_TORCH_VERSION"],
+    env = {**os.environ, "LOCK": str(lock), "ROCM_TORCH_VERSION": PREBUILT,
            "ROCM_TRITON_VERSION": STACK["ROCM_TRITON_VERSION"], "ROCM_TORCH_INDEX_URL": STACK["ROCM_TORCH_INDEX_URL"]}
     return subprocess.run(["bash", "-c", rocm_torch_guard()], env=env, capture_output=True, text=True)
 
@@ -192,9 +193,9 @@ def test_rocm_build_stops_with_a_message_while_the_hashes_are_placeholders(tmp_p
 def test_rocm_build_guard_accepts_filled_hashes_and_refuses_other_versions(tmp_path):
     filled = INDEX_LOCK.read_text().replace(ZERO, NEW)
     assert run_guard(tmp_path, filled).returncode == 0
-    moved = filled.replace(f"torch=={STACK['ROCM_TORCH_VERSION']} ", "torch==2.4.0+rocm6.1 ")
+    moved = filled.replace(f"torch=={PREBUILT} ", "torch==2.4.0+rocm6.1 ")
     result = run_guard(tmp_path, moved)
-    assert result.returncode == 2 and f"does not pin 'torch=={STACK['ROCM_TORCH_VERSION']}'" in result.stderr
+    assert result.returncode == 2 and f"does not pin 'torch=={PREBUILT}'" in result.stderr
     placeholder = filled.replace(NEW, ZERO, 1)
     assert run_guard(tmp_path, placeholder).returncode == 2
 

@@ -47,10 +47,20 @@ def stage_items(vendor: str, stage: str) -> list[Instruction]:
     return out
 
 
+# The stages that run pip, and those that compile from a source tree, per vendor: ROCm's torch comes from one of
+# two stages (stack.env ROCM_TORCH) and, compiled, from a source archive like the extensions.
+PIP_STAGES = {"rocm": ("torch-prebuilt", "torch-compile", "torch-source", "build"), "cuda": ("torch", "build")}
+# In the order of wheelhouse.source_files(): the extensions, then torch.
+COMPILE_STAGES = {"rocm": ("build", "torch-compile"), "cuda": ("build",)}
+
+
 def source_runs(vendor: str) -> list[Instruction]:
-    """The compile stage's RUN steps that choose between the wheelhouse and the network for a source tree."""
-    runs = [i for i in stage_items(vendor, "build") if i.keyword == "RUN" and BRANCH_START in i.args]
-    assert runs, f"Dockerfile.{vendor}: no `{BRANCH_START}` step in the build stage"
+    """The compile stages' RUN steps that choose between the wheelhouse and the network for a source tree."""
+    runs = []
+    for stage in COMPILE_STAGES[vendor]:
+        found = [i for i in stage_items(vendor, stage) if i.keyword == "RUN" and BRANCH_START in i.args]
+        assert found, f"Dockerfile.{vendor}: no `{BRANCH_START}` step in the {stage} stage"
+        runs += found
     return runs
 
 
@@ -80,8 +90,7 @@ def test_the_wheelhouse_context_has_an_empty_default(vendor):
     assert re.search(r"^FROM scratch AS wheelhouse$", DOCKERFILES[vendor].read_text(), re.M)
 
 
-@pytest.mark.parametrize("vendor", GPU)
-@pytest.mark.parametrize("stage", ["torch", "build"])
+@pytest.mark.parametrize("vendor,stage", [(v, s) for v in GPU for s in PIP_STAGES[v]])
 def test_every_pip_call_takes_no_index_with_the_wheelhouse(vendor, stage):
     items = stage_items(vendor, stage)
     declared = False
@@ -95,6 +104,8 @@ def test_every_pip_call_takes_no_index_with_the_wheelhouse(vendor, stage):
             calls += 1
             where = f"Dockerfile.{vendor} line {item.line} ({stage} stage): {command}"
             assert declared, f"{where}: uses WHEELHOUSE before its ARG in this stage"
+            if command.startswith("pip install --no-deps --no-index "):
+                continue  # a local wheel file (the compiled torch): never an index
             if command.startswith("pip install"):
                 assert "${WHEELHOUSE:+--no-index --find-links /wheelhouse/wheels}" in command, where
             else:
@@ -115,8 +126,9 @@ def test_every_source_comes_from_the_wheelhouse_with_a_checksum(vendor):
             assert command not in branch, f"Dockerfile.{vendor} line {item.line}: {command!r} in the wheelhouse branch"
         # Both sides leave the tree's path in $src, and the compile step builds from there.
         assert item.args[item.args.index(block) + len(block):].lstrip().startswith('&& cd "$src"'), item.line
-    copied = [i.args for i in stage_items(vendor, "build") if i.keyword == "COPY"]
-    assert "docker/wheelhouse-source.sh /usr/local/bin/wheelhouse-source" in copied
+    for stage in COMPILE_STAGES[vendor]:
+        copied = [i.args for i in stage_items(vendor, stage) if i.keyword == "COPY"]
+        assert "docker/wheelhouse-source.sh /usr/local/bin/wheelhouse-source" in copied, stage
 
 
 def _run_snippets(vendor: str, tmp_path: Path, bin_dir: Path, env_extra: dict[str, str]) -> list[subprocess.CompletedProcess]:

@@ -13,6 +13,11 @@ the wheel the real build would write, so every instruction after it runs on arti
   setup.py hard-codes them; sm90 needs CUDA >= 11.8, and CUDA < 11.7 is refused);
 - bitsandbytes (HIP): ``bitsandbytes/libbitsandbytes_rocm<hipconfig major.minor>.so`` (its CMakeLists.txt), GPU code
   for -DBNB_ROCM_ARCH of CMAKE_ARGS; -DCOMPUTE_BACKEND=hip is required.
+- PyTorch (ROCm, Dockerfile.rocm's torch-compile): the tree must have been hipified (tools/amd_build/build_amd.py
+  ran) and USE_ROCM=1 set; the version is PYTORCH_BUILD_VERSION (tools/generate_torch_version.py: with
+  PYTORCH_BUILD_NUMBER 1 nothing is appended), else version.txt + ``+git``; ``torch/version.py`` records
+  ``hip`` = hipconfig's full version (as the real build writes it) and ``cuda = None``; ``torch/lib/libtorch_hip.so``
+  holds GPU code for PYTORCH_ROCM_ARCH. It runs before torch exists, so it does not import torch.
 The libraries hold one ``ckit-standin-code-object <target>`` line per GPU target, which the stand-in roc-obj-ls and
 cuobjdump list in the real tools' format. They are not loadable code.
 """
@@ -116,10 +121,40 @@ def python_files(source: Path, package: str) -> dict[str, bytes]:
     return {p.relative_to(source).as_posix(): p.read_bytes() for p in sorted((source / package).rglob("*.py"))}
 
 
+def torch_wheel(source: Path, wheel_dir: Path) -> Path:
+    """The ROCm PyTorch build's wheel: checks what the real build needs from the Dockerfile's environment."""
+    if not (source / "STANDIN-hipified").is_file():
+        fail("the PyTorch tree was not hipified: run tools/amd_build/build_amd.py before a ROCm build")
+    if os.environ.get("USE_ROCM") != "1":
+        fail("USE_ROCM=1 expected for the ROCm build of PyTorch")
+    archs = [a for a in os.environ.get("PYTORCH_ROCM_ARCH", "").split(";") if a]
+    if not archs:
+        fail("PYTORCH_ROCM_ARCH is empty: the real build would detect the local GPU, and CI has none")
+    version = os.environ.get("PYTORCH_BUILD_VERSION")
+    if version is None:
+        version = (source / "version.txt").read_text().strip() + "+gitunknown"
+    elif "PYTORCH_BUILD_NUMBER" not in os.environ:
+        fail("PYTORCH_BUILD_VERSION without PYTORCH_BUILD_NUMBER (the real build asserts both)")
+    elif int(os.environ["PYTORCH_BUILD_NUMBER"]) > 1:
+        version += f".post{os.environ['PYTORCH_BUILD_NUMBER']}"
+    hip = subprocess.run(["hipconfig", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    files = {"torch/__init__.py": b'"""ckit stand-in: the version strings of a ROCm PyTorch build only."""\n'
+                                  b"from . import version\n__version__ = version.__version__\n",
+             "torch/version.py": (f"__version__ = {version!r}\ndebug = False\ncuda = None\n"
+                                  f"git_version = 'unknown'\nhip = {hip!r}\n").encode(),
+             "torch/lib/libtorch_hip.so": library_bytes([f"hipv4-amdgcn-amd-amdhsa--{a}{AMDGPU_FEATURES.get(a, '')}"
+                                                         for a in archs])}
+    return write_wheel(wheel_dir, "torch", version, files)
+
+
 def main(argv: list[str]) -> int:
     if "--wheel-dir" not in argv or not argv or argv[-1].startswith("-"):
         fail(f"expected pip wheel's arguments (... --wheel-dir DIR SOURCE), got {argv}")
     wheel_dir, source = Path(argv[argv.index("--wheel-dir") + 1]), Path(argv[-1]).resolve()
+    if (source / "tools" / "amd_build" / "build_amd.py").is_file():
+        wheel = torch_wheel(source, wheel_dir)
+        print(f"ckit-standin-wheel: stood in for the ROCm PyTorch compile of {source}: wrote {wheel}", file=sys.stderr)
+        return 0
     import torch  # as the real setup.py does: the vendor comes from the installed torch
 
     hip = bool(getattr(torch.version, "hip", None))
