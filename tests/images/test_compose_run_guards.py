@@ -118,7 +118,11 @@ def test_make_env_writes_the_memlock_default_once_and_keeps_the_users_value(tmp_
 
 
 def make_dry(*args: str) -> str:
-    result = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # Under `make test` the environment carries MAKELEVEL/MAKEFLAGS, and a nested make prints "Entering directory"
+    # first: run it as a user would, from a shell.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
