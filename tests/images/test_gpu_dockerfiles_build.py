@@ -34,6 +34,8 @@ from pathlib import Path
 
 import pytest
 
+from kit.digest import sha256_file
+
 from .dockerfiles import DOCKERFILES, ROCM_TORCH_VERSIONS, ROOT, STACK, from_lines, instructions
 from .test_wheelhouse_build import wheelhouse
 
@@ -189,11 +191,16 @@ def standin_source(folder: Path, name: str, ref: str, package: str, version: str
 def rocm_wheelhouse(standins, tmp_path_factory) -> Path:
     house = tmp_path_factory.mktemp("rocm-wheelhouse")
     cache = Path(standins["WORK"]) / "rocm-lock-wheels"  # files pinned by sha256 in the locks: fetched once
-    if not (cache / ".done").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        for lock in ("image-rocm-torch.lock", "image-build.lock", "image-rocm-torch-build.lock"):
+    locks = ("image-rocm-torch.lock", "image-build.lock", "image-rocm-torch-build.lock")
+    # The marker names the locks' content: a cache filled for other locks (an added lock, a moved pin) is refilled.
+    key = "\n".join(f"{lock} {sha256_file(ROOT / 'requirements' / lock)}" for lock in locks)
+    done = cache / ".done"
+    if not done.is_file() or done.read_text() != key:
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        for lock in locks:
             wheelhouse.download_lock(ROOT / "requirements" / lock, cache, "3.10", None)
-        (cache / ".done").write_text("")
+        done.write_text(key)
     shutil.copytree(cache, house / "wheels", ignore=shutil.ignore_patterns(".done"))
     standin_torch_wheels(house / "wheels")
     (house / "sources").mkdir()
