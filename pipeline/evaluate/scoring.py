@@ -213,14 +213,7 @@ def _encode(tokenizer: Any, q: Question, scoring: Scoring, max_length: int, add_
         if not choice:
             raise ExampleError(f"{q.source}: choice {text!r} encodes to no tokens, expected at least one")
         choices.append(choice)
-    room = max_length - max(len(c) for c in choices)
-    if len(context) > room:
-        keep = len(bos_prefix(tokenizer, add_bos))
-        if room <= keep:
-            raise ExampleError(
-                f"{q.source}: a choice alone fills max_length {max_length}, expected room for the prompt")
-        context = context[:keep] + context[len(context) - (room - keep):]
-    return _Item(context, choices)
+    return _item(q, context, choices, tokenizer, max_length, add_bos)  # the one truncation rule
 
 
 def _pad_id(tokenizer: Any) -> int:
