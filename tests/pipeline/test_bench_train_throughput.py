@@ -53,6 +53,19 @@ def test_bench_three_way_on_cpu_same_first_loss(tmp_path):
     data = json.loads(out.read_text())
     by = {r["trainer"]: r for r in data["results"]}
     assert list(by) == ["peer", "ours", "tuned", "ours-rows"]
-    for r in by.values():
-        assert r["timed_steps"] == 2 and r["losses"][0] == pytest.approx(by["peer"]["losses"][0], rel=1e-4)
-    assert by["tuned"]["micro_sequences"] == 8 and by["ours"]["varlen"] is True and by["ours-rows"]["varlen"] is False
+    from pipeline.data.packing import packing_unsupported
+
+    # The tuned peer feeds flattened rows (position_ids restarting per sequence) to SDPA; where this stack does not
+    # mask packed sequences apart (transformers 4.57 with torch < 2.6: the images' stack) its sequences attend
+    # across each other, so its loss is not the base model's there (by ~1e-4 here) and is left out of the equality.
+    unmasked = packing_unsupported("sdpa") is not None
+    for name, r in by.items():
+        assert r["timed_steps"] == 2
+        if not (name == "tuned" and unmasked):
+            assert r["losses"][0] == pytest.approx(by["peer"]["losses"][0], rel=1e-4), name
+    # torch.nn.attention.varlen exists from torch 2.10: on the images' torch 2.3 ours keeps the SDPA mask.
+    import importlib.util
+
+    has_varlen = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    assert by["tuned"]["micro_sequences"] == 8 and by["ours"]["varlen"] is has_varlen
+    assert by["ours-rows"]["varlen"] is False
