@@ -14,14 +14,7 @@ from pipeline.core.config import RecipeError, load_recipe
 from pipeline.data.packing import balanced_rows, plan_step, round_up
 from pipeline.data.prompts import IGNORE_INDEX
 
-
-def _examples(lengths: list[int], seed: int = 0, vocab: int = 500) -> list[dict[str, list[int]]]:
-    rng = random.Random(seed)
-    out = []
-    for n in lengths:
-        ids = [rng.randrange(3, vocab) for _ in range(n)]
-        out.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (n - 2) + ids[-2:]})
-    return out
+from .test_speed import _examples  # one builder of answer-labelled examples
 
 
 def _medqa_like(n: int, seed: int) -> list[int]:
