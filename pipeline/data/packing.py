@@ -221,10 +221,11 @@ def plan_step(
 ) -> StepBatches:
     """Cut one optimizer step's ``examples`` into micro-batches within ``token_budget`` (padded or packed).
 
-    Packed only: ``varlen`` puts each micro-step's sequences in ONE row with no padding at all (variable-length
-    attention keeps them apart by their boundaries; the micro-steps are balanced by tokens); otherwise rows of at
-    most ``row_width``, ``balance`` evens out each micro-step's rows and ``round_to`` rounds its width up (so a
-    run meets few distinct shapes: each new one costs kernel plans the first time).
+    Packed only: ``varlen`` puts each micro-step's sequences in ONE row (variable-length attention keeps them
+    apart by their boundaries; the micro-steps are balanced by tokens), padded only up to ``round_to`` with a
+    segment of its own; otherwise rows of at most ``row_width``, ``balance`` evens out each micro-step's rows and
+    ``round_to`` rounds its width up. Rounding makes a run meet few distinct shapes: each new one costs kernel
+    plans the first time.
     """
     lengths = [len(e["input_ids"]) for e in examples]
     step = StepBatches()
@@ -234,7 +235,12 @@ def plan_step(
         return step
     if varlen:
         for group in _token_groups(lengths, token_budget):
-            step.micro.append(packed_batch([[examples[i] for i in group]], pad_id, varlen=True))
+            # Rounded too: the varlen kernel builds no plan per shape, but cuBLAS picks GEMM kernels per new
+            # token count: on an H100 at 8/step, unrounded varlen (a new length nearly every step) had a median
+            # step 35 ms slower than rounded rows (docs/benchmarks.md, round two).
+            total = sum(lengths[i] for i in group)
+            width = min(round_up(total, round_to), max(token_budget, total))
+            step.micro.append(packed_batch([[examples[i] for i in group]], pad_id, width=width, varlen=True))
         return step
     width = max(min(row_width, token_budget), max(lengths))
     rows = pack_rows(lengths, width)

@@ -62,6 +62,25 @@ def test_varlen_micro_steps_are_one_unpadded_row_with_boundaries():
         assert inputs["max_length_q"] == m.max_seqlen and inputs["cu_seq_lens_k"] is inputs["cu_seq_lens_q"]
 
 
+def test_rounded_varlen_streams_repeat_shapes_and_pad_in_a_segment_of_their_own():
+    steps = [_examples(_medqa_like(8, seed)) for seed in range(40)]
+    plain = [plan_step(ex, 0, token_budget=8192, packing=True, varlen=True) for ex in steps]
+    rounded = [plan_step(ex, 0, token_budget=8192, packing=True, varlen=True, round_to=128) for ex in steps]
+    shapes = lambda plans: len({tuple(m.input_ids.shape) for s in plans for m in s.micro})  # noqa: E731
+    assert shapes(rounded) < shapes(plain) / 2
+    for a, b in zip(plain, rounded, strict=True):
+        assert a.real_tokens == b.real_tokens and a.answer_tokens == b.answer_tokens
+        for ma, mb in zip(a.micro, b.micro, strict=True):
+            width, real = mb.input_ids.shape[1], ma.input_ids.shape[1]
+            assert width % 128 == 0 and real <= width < real + 128
+            cu = mb.cu_seqlens.tolist()
+            if width > real:  # the padding is one more segment, positions from 0, never a target
+                assert cu[-2:] == [real, width] and mb.position_ids[0, real] == 0
+                assert bool((mb.input_ids[0, real:] == 0).all())
+            assert cu[:len(ma.cu_seqlens)] == ma.cu_seqlens.tolist()
+            assert torch.equal(mb.answer_index, ma.answer_index) and torch.equal(mb.answer_target, ma.answer_target)
+
+
 def test_round_up():
     assert [round_up(n, 128) for n in (1, 128, 129, 2047)] == [128, 128, 256, 2048]
     assert round_up(77, 1) == 77
@@ -110,7 +129,8 @@ def test_one_step_same_loss_and_gradients_rows_and_varlen_as_hf(tiny_model_dir):
     ref_loss, ref_grads = run(hf)
     cuts = [dict(token_budget=128, packing=True, row_width=128, balance=True, round_to=16),
             dict(token_budget=4096, packing=True, row_width=128, balance=True, round_to=32),
-            dict(token_budget=128, packing=True, varlen=True), dict(token_budget=4096, packing=True, varlen=True)]
+            dict(token_budget=128, packing=True, varlen=True), dict(token_budget=4096, packing=True, varlen=True),
+            dict(token_budget=4096, packing=True, varlen=True, round_to=64)]
     previous = None
     for cut in cuts:
         if cut.get("varlen") and previous is None:
