@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from pipeline.core.config import CPU_EVAL_TOKEN_BUDGET, SEED_EVAL_BATCH_SIZE, SEED_EVAL_TOKEN_BUDGET
+
 # Before transformers is imported anywhere: patient-data sites do not want usage pings leaving the host.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -81,9 +83,14 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--add-bos", choices=["auto", "always", "never"],
                     help="BOS rule (pipeline/data/prompts.py); default: the adapter's run record, else auto "
                          "(lm-eval's)")
-    ev.add_argument("--batch-size", type=_positive_int, default=8)
+    ev.add_argument("--batch-size", type=_positive_int, default=None,
+                    help=f"at most this many questions a forward pass (default: {SEED_EVAL_BATCH_SIZE}, the seed "
+                         "recipe's eval.batch_size)")
     ev.add_argument("--token-budget", type=_positive_int, default=None,
-                    help="at most this many padded prompt tokens a forward pass (default: --batch-size questions)")
+                    help="at most this many padded prompt tokens a forward pass (default, when --batch-size is not "
+                         f"given either: {SEED_EVAL_TOKEN_BUDGET}, the seed recipe's eval.token_budget, on a GPU; "
+                         f"{CPU_EVAL_TOKEN_BUDGET} on a CPU, where larger passes are slower. With --batch-size "
+                         "alone: no budget, --batch-size questions whatever their length)")
     ev.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ev.add_argument("--group-by", metavar="FIELD", help="also break accuracy down by this field of the data rows")
 
@@ -174,9 +181,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(warning, file=sys.stderr)
     device = choose_device(args.device)
     add_bos = args.add_bos or (record or {}).get("add_bos") or "auto"
+    batch_size, token_budget = eval_batching(args.batch_size, args.token_budget, device.type)
     model, tokenizer, how = load_for_eval(args.model, args.adapter, device=device, merge=args.merge, record=record)
-    result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=args.batch_size, limit=args.limit,
-                      token_budget=args.token_budget, add_bos=add_bos)
+    result = evaluate(model, tokenizer, questions, scoring=args.scoring, batch_size=batch_size, limit=args.limit,
+                      token_budget=token_budget, add_bos=add_bos)
     write_eval(result, Path(args.output))
     # An accuracy is only evidence with what produced it: the same report a fine-tune writes, less training.
     rep.write_report(Path(args.output), rep.build_report(
@@ -191,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=device,
         data={"files": [loaded.facts()]},  # hashed as read, not re-read at report time
         evaluation={"scoring": args.scoring, "add_bos": add_bos, "file": str(args.data), "limit": args.limit,
-                    "batch_size": args.batch_size, "token_budget": args.token_budget, "group_by": args.group_by,
+                    "batch_size": batch_size, "token_budget": token_budget, "group_by": args.group_by,
                     "result": result.metrics},
     ))
     m = result.metrics
@@ -199,6 +207,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"accuracy {m['accuracy']:.3f}{extra} on {m['count']} questions ({args.scoring} scoring, "
           f"model loaded {how['mode']}: {how['quantization_path']}) -> {args.output}")
     return 0
+
+
+def eval_batching(batch_size: Optional[int], token_budget: Optional[int],
+                  device_type: str = "cuda") -> tuple[int, Optional[int]]:
+    """(questions, padded prompt tokens) a forward pass of ``evaluate`` from its two flags (None: not given).
+
+    Neither given: the seed recipe's eval values, which are fast on a GPU; on a CPU a smaller token budget, which is
+    faster there and keeps a laptop's memory low (pipeline/core/config.py has the measurements). A lone
+    --batch-size keeps its old meaning (that many questions, no budget); a lone --token-budget fills passes up to
+    the seed's batch size.
+    """
+    if batch_size is None and token_budget is None:
+        return SEED_EVAL_BATCH_SIZE, SEED_EVAL_TOKEN_BUDGET if device_type != "cpu" else CPU_EVAL_TOKEN_BUDGET
+    return batch_size or SEED_EVAL_BATCH_SIZE, token_budget
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -129,6 +129,20 @@ class TrainConfig:
     device: Literal["auto", "cuda", "cpu"] = "auto"
 
 
+# The seed recipe's evaluation batching (recipes/medqa-qlora-7b.yaml, eval:), and what ``python -m pipeline
+# evaluate`` uses on a GPU when given neither --batch-size nor --token-budget: up to 256 questions a forward pass
+# within 16,384 padded prompt tokens. Long prompts then run ~16 to a pass and short ones many, at a steady memory
+# (cloze keeps the prompts' KV cache: ~8 GiB for a 7B model in bf16). tests/pipeline/test_eval_speed.py holds the
+# seed recipe to these numbers, so the two cannot drift apart.
+SEED_EVAL_BATCH_SIZE = 256
+SEED_EVAL_TOKEN_BUDGET = 16384
+# The same default on a CPU, with a smaller budget: there larger passes only cost time and memory. Measured on 2
+# cores with SmolLM2-135M in fp32 (first 48 MedQA questions, whole command), letters / cloze: budget 2,048: 19.2 s /
+# -; 4,096: 18.4 s / 22.8 s; 8,192: 24.1 s / 28.0 s; 16,384: 29.9 s / 40.4 s; the old default (8 questions, no
+# budget): 18.2 s / 22.9 s. Peak memory at 4,096: 1.2 / 1.7 GB; at 16,384: 1.5 / 2.8 GB.
+CPU_EVAL_TOKEN_BUDGET = 4096
+
+
 @dataclass
 class EvalConfig:
     # letter: log-likelihood of " A".." E" after the prompt (lm-eval medqa_4options).

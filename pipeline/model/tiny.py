@@ -138,21 +138,29 @@ def parse_random_spec(spec: str) -> dict[str, Any]:
     return shape
 
 
-def build_random_model(spec: str, seed: int = 0) -> Path:
+def build_random_model(spec: str, seed: int = 0, *, tokenizer: Any = None, out_dir: Path | None = None) -> Path:
     """Save a LLaMA-shaped model with RANDOM weights (bf16) and a small local tokenizer into the cache, once.
 
     For smoke runs of the full 7B memory and throughput path without downloading weights. A marker file makes
     ``ModelInfo.random_weights`` true, so the report can never pass such a run off as a real model.
+
+    ``tokenizer`` replaces the toy BPE (whose MedQA prompts are ~3x a real LLaMA tokenizer's length), e.g. the
+    benchmarks' MedQA BPE; such a model needs its own ``out_dir``, so it never takes the cache folder of the spec.
     """
+    if tokenizer is not None and out_dir is None:
+        raise ValueError("build_random_model: a model with its own tokenizer needs out_dir=")
+    shape = parse_random_spec(spec)
+    name = "random-" + spec[len(RANDOM_PREFIX):].replace(":", "-").replace(",", "-").replace("=", "")
+    dest = Path(out_dir) if out_dir is not None else smollm2.cache_dir() / "models" / f"{name}-seed{seed}"
+    if (dest / RANDOM_MARKER).is_file():
+        return dest  # before torch and transformers' model code are imported: resolving a built model stays cheap
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    shape = parse_random_spec(spec)
-    name = "random-" + spec[len(RANDOM_PREFIX):].replace(":", "-").replace(",", "-").replace("=", "")
-    dest = smollm2.cache_dir() / "models" / f"{name}-seed{seed}"
-    if (dest / RANDOM_MARKER).is_file():
-        return dest
-    tokenizer = train_tokenizer(512)
+    tokenizer = tokenizer if tokenizer is not None else train_tokenizer(512)
+    if len(tokenizer) > shape["vocab_size"]:
+        raise RecipeError(f"model {spec!r}: vocab_size {shape['vocab_size']} is smaller than its tokenizer's "
+                          f"{len(tokenizer)} tokens, expected at least that many embedding rows")
     config = LlamaConfig(
         **shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
@@ -172,7 +180,8 @@ def build_random_model(spec: str, seed: int = 0) -> Path:
         tokenizer.save_pretrained(tmp)
         plain_tokenizer_class(tmp)
         (tmp / RANDOM_MARKER).write_text(
-            f"RANDOM weights in the shape {spec} (seed {seed}); for memory/throughput smoke runs only.\n"
+            f"RANDOM weights in the shape {spec} (seed {seed}), tokenizer of {len(tokenizer)} tokens; for "
+            "memory/throughput smoke runs only.\n"
         )
     del model
     if device == "cuda":

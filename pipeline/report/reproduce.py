@@ -36,6 +36,9 @@ class EvalSetup:
     limit: Optional[int]
     batch_size: int
     predictions: Path
+    # The run's cap on padded prompt tokens a pass: without it a 256-question batch of long prompts (the seed
+    # recipe's, and evaluate's default) could need many times the memory the run used.
+    token_budget: Optional[int] = None
 
 
 @dataclass
@@ -85,14 +88,15 @@ def eval_setup(report: dict[str, Any], folder: Path) -> EvalSetup:
         model = report.get("model") or {}
         return EvalSetup(_need(model, "name_or_path", "model"), model.get("adapter"), data, recorded.get(str(data)),
                          ev.get("scoring", "letter"), ev.get("limit"), int(ev.get("batch_size") or 8),
-                         folder / "predictions.jsonl")
+                         folder / "predictions.jsonl", ev.get("token_budget"))
     if command == "finetune":
         recipe = _need(report, "recipe", "report")
         model = _need(recipe, "model", "recipe")
         rev = recipe.get("eval") or {}
         return EvalSetup(_need(model, "name_or_path", "recipe.model"), str(folder / "adapter"), data,
                          recorded.get(str(data)), rev.get("scoring", ev.get("scoring", "letter")), rev.get("limit"),
-                         int(rev.get("batch_size") or 8), folder / "eval" / "predictions.jsonl")
+                         int(rev.get("batch_size") or 8), folder / "eval" / "predictions.jsonl",
+                         rev.get("token_budget"))
     raise ReproduceError(f"report command is {command!r}: expected 'finetune' or 'evaluate'")
 
 
@@ -177,7 +181,7 @@ def reproduce(report_path: Path, device: str = "auto") -> Comparison:
                                         record=record)
     add_bos = (report.get("eval") or {}).get("add_bos") or (record or {}).get("add_bos") or "auto"
     result = evaluate(model, tokenizer, load_questions(setup.data), scoring=setup.scoring,  # type: ignore[arg-type]
-                      batch_size=setup.batch_size, limit=setup.limit, add_bos=add_bos)
+                      batch_size=setup.batch_size, token_budget=setup.token_budget, limit=setup.limit, add_bos=add_bos)
     then, now = stack_of(report), stack_of({"environment": environment_facts(torch_device)})
     differences = {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)}
     return compare(original, result.predictions, not differences, differences)

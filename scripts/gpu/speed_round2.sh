@@ -76,15 +76,22 @@ want a32 && stage a32 ${A32_TIMEOUT:-260} $py "${bench[@]}" "${s32[@]}" --warmup
 # 2. Recipe default 8 sequences/step, 50 steps: standard then ours, fresh process, cold caches.
 cold b8
 want b8 && stage b8 150 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only peer,ours --out "$work/b8.json"
-# 3. Evaluate, whole command (model already built): before (if given) and after, letters and cloze.
-ev=(--model "${model:-random:llama2-7b}" --data tests/data/medqa/us5_test.jsonl)
+# 3. Evaluate, whole command, with the CLI's defaults (the seed recipe's 256 questions within 16,384 prompt tokens).
+#    Timed on the same random 7B shape with the MedQA BPE of the training bench (scripts/bench/medqa_bpe.py: mean
+#    prompt 257 tokens, like a real LLaMA tokenizer), built untimed first like the 7B above; one letters run on
+#    random:llama2-7b itself (toy 512-token BPE, prompts 3x longer) and the "before" checkout for comparison.
+evspec=${model:-random:llama2-7b}
+evmodel="$KIT_CACHE_DIR/medqa-bpe/$(printf '%s' "$evspec" | tr -c 'A-Za-z0-9_.\n' '-')"
+want eval && stage build-eval-model 120 $py scripts/bench/medqa_bpe.py --spec "$evspec" \
+    --data tests/data/medqa/us5_test.jsonl --vocab 3000 --out "$evmodel"
+ev=(--data tests/data/medqa/us5_test.jsonl)
 [ -n "${SPEED_TINY:-}" ] && ev+=(--limit 20)
 if want eval && [ -n "$before" ] && [ -d "$before/pipeline" ]; then
-    stage eval-before-letter 75 env -C "$before" PYTHONPATH="$before" $py -m pipeline evaluate "${ev[@]}" --output "$work/ev0" --scoring letter
+    stage eval-before-letter 75 env -C "$before" PYTHONPATH="$before" $py -m pipeline evaluate --model "$evspec" "${ev[@]}" --output "$work/ev0" --scoring letter
 fi
-want eval && stage eval-letter 60 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev1" --scoring letter
-want eval && stage eval-letter-256 60 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev2" --scoring letter --batch-size 256 --token-budget 16384
-want eval && stage eval-cloze-256 90 $py -m pipeline evaluate "${ev[@]}" --output "$work/ev3" --scoring cloze --batch-size 256 --token-budget 16384
+want eval && stage eval-toy-letter 75 $py -m pipeline evaluate --model "$evspec" "${ev[@]}" --output "$work/ev1" --scoring letter
+want eval && stage eval-letter 60 $py -m pipeline evaluate --model "$evmodel" "${ev[@]}" --output "$work/ev2" --scoring letter
+want eval && stage eval-cloze 90 $py -m pipeline evaluate --model "$evmodel" "${ev[@]}" --output "$work/ev3" --scoring cloze
 # 4. Levers at 8/step, each in a fresh process: the first round's default (rows, no varlen) cold; ours again with
 #    the caches of stage 2 kept (what a compose volume for the Triton cache gives a new container).
 cold c8

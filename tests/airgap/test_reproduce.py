@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.__main__ import main
-from pipeline.report.reproduce import compare, margin
+from pipeline.report.reproduce import compare, eval_setup, margin
 
 
 @pytest.fixture
@@ -26,6 +26,19 @@ def test_same_stack_reproduces_identically(evaluated, tmp_path, capsys):
     assert "reproduced: all 6 predictions identical" in text and "same stack" in text
     data = json.loads(result.read_text())
     assert data["identical"] and data["same_stack"] and data["max_score_difference"] == 0
+
+
+def test_the_run_is_rerun_with_its_token_budget(evaluated, tmp_path):
+    """evaluate's default (256 questions) and the seed recipe bound each pass by a token budget; without it a
+    re-run could need many times the run's memory."""
+    report = json.loads((evaluated / "report.json").read_text())
+    assert report["eval"]["token_budget"] and eval_setup(report, evaluated).token_budget == report["eval"]["token_budget"]
+    finetune = {"command": "finetune", "eval": {"file": "x.jsonl"},
+                "recipe": {"model": {"name_or_path": "m"}, "eval": {"batch_size": 256, "token_budget": 16384}}}
+    setup = eval_setup(finetune, tmp_path)
+    assert (setup.batch_size, setup.token_budget) == (256, 16384)
+    finetune["recipe"]["eval"] = {}
+    assert (eval_setup(finetune, tmp_path).batch_size, eval_setup(finetune, tmp_path).token_budget) == (8, None)
 
 
 def test_a_changed_prediction_is_listed_with_margins(evaluated, capsys):

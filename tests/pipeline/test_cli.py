@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
+from pipeline.core.config import CPU_EVAL_TOKEN_BUDGET
 
 from .recipe_helpers import write_questions, write_recipe_file
 
@@ -118,7 +119,8 @@ def test_finetune_then_evaluate_the_adapter(tmp_path, tiny_model_dir, capsys):
                  "--scoring", "cloze", "--device", "cpu", "--token-budget", "100"]) == 0
     merged_report = json.loads((tmp_path / "ev-merged" / "report.json").read_text())
     assert merged_report["model"]["load"]["mode"] == "merged"
-    assert merged_report["eval"]["token_budget"] == 100 and report["eval"]["token_budget"] is None
+    assert merged_report["eval"]["token_budget"] == 100
+    assert report["eval"]["token_budget"] == CPU_EVAL_TOKEN_BUDGET  # no flag: the CPU default, recorded as used
     trained = json.loads((tmp_path / "run" / "eval" / "predictions.jsonl").read_text().splitlines()[0])
     merged = json.loads((tmp_path / "ev-merged" / "predictions.jsonl").read_text().splitlines()[0])
     assert trained["source"] == merged["source"]
