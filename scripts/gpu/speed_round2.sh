@@ -78,7 +78,7 @@ cold b8
 want b8 && stage b8 150 $py "${bench[@]}" "${s8[@]}" --warmup 0 --only peer,ours --out "$work/b8.json"
 # 3. Evaluate, whole command, with the CLI's defaults (the seed recipe's 256 questions within 16,384 prompt tokens).
 #    Timed on the same random 7B shape with the MedQA BPE of the training bench (scripts/bench/medqa_bpe.py: mean
-#    prompt 257 tokens, like a real LLaMA tokenizer), built untimed first like the 7B above; one letters run on
+#    prompt 257 tokens against the toy BPE's 584), built untimed first like the 7B above; one letters run on
 #    random:llama2-7b itself (toy 512-token BPE, prompts 3x longer) and the "before" checkout for comparison.
 evspec=${model:-random:llama2-7b}
 evmodel="$KIT_CACHE_DIR/medqa-bpe/$(printf '%s' "$evspec" | tr -c 'A-Za-z0-9_.\n' '-')"
