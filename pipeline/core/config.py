@@ -96,8 +96,9 @@ class DataConfig:
     # With train.micro_batch_tokens set: lay the step's sequences end to end in rows (no padding; restarting
     # position ids keep each sequence's attention to itself) instead of padding length-sorted micro-batches.
     packing: bool = False
-    # Packed rows without varlen attention: even out each micro-step's rows, and round their width up to a multiple
-    # of this many tokens, so a run meets few distinct shapes (each new one pays for kernel plans the first time).
+    # Packed rows without varlen attention: even out each micro-step's rows. Round their width (or, with varlen, the
+    # micro-step's one stream) up to a multiple of pack_round_to tokens, so a run meets few distinct shapes (each
+    # new one pays for kernel choices the first time).
     pack_balance: bool = True
     pack_round_to: int = ranged(128, 1)
 
