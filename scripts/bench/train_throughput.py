@@ -418,7 +418,7 @@ def run_tuned(base, args, ctx: dict) -> dict:
 def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpointing: Any = "auto",
              budget: Any = "auto", packing: bool = False, kernels: Any = "none", cap_gb: Optional[float] = None,
              steps: int = 0, varlen: Any = False, balance: bool = False, round_to: int = 1,
-             warmup_shapes: bool = False) -> dict:
+             warmup_shapes: bool = False, optimizer: Optional[str] = None) -> dict:
     from pipeline.model.kernels import apply_kernels
     from pipeline.model.load import enable_checkpointing
     from pipeline.train import memory_plan
@@ -457,6 +457,12 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     if plan.gradient_checkpointing:
         enable_checkpointing(model)
     params, opt = make_optimizer(model, device, args.lr)
+    if optimizer:  # train.optimizer of the recipe, built by the code finetune runs (pipeline/train/optim.py)
+        from pipeline.core.config import load_recipe
+        from pipeline.train.optim import build_optimizer
+
+        opt = build_optimizer(load_recipe(Path(args.recipe), [f"train.optimizer={optimizer}", f"train.lr={args.lr}"]),
+                              params, device)
     module = AnswerLoss(model) if legacy else AnswerPositionLoss(model)
     varlen_note = None
     if use_varlen:
@@ -499,6 +505,7 @@ def run_ours(base, args, ctx: dict, name: str, *, legacy: bool = False, checkpoi
     res["plan"] = plan.to_dict()
     res["kernels"] = "liger" if fused else "none"
     res["packing"] = packing
+    res["optimizer"] = type(opt).__name__
     if device.type == "cuda" and seen["max_micro_tokens"]:
         res["measured_bytes_per_token"] = int((res["peak_gib"] * 2**30 - fixed) / seen["max_micro_tokens"])
     return res
@@ -547,6 +554,9 @@ def named_trainers(default: dict) -> dict[str, dict]:
         "ours-rows-warmup": {**rows, "warmup_shapes": True},
         "ours-warmup": {**default, "warmup_shapes": True},
         "ours-nokernels": {**default, "kernels": "none"},
+        # torch's AdamW (multi-tensor, fp32 states) instead of bitsandbytes' paged 8-bit AdamW, which synchronizes
+        # the device after every parameter's update (448 times a step here: docs/benchmarks.md, round two)
+        "ours-adamw": {**default, "optimizer": "adamw"},
     }
 
 
@@ -574,7 +584,8 @@ def parse(argv: Optional[list[str]]) -> argparse.Namespace:
                     help="instead of peer/levers: packing twice, then liger's RoPE, RMSNorm, SwiGLU one by one")
     ap.add_argument("--only", default=None, metavar="A,B",
                     help="run just these trainers, in order: peer (standard recipe), tuned (HF+PEFT+liger, padding-"
-                         "free), ours, ours-round1, ours-rows, ours-warmup, ours-rows-warmup, ours-nokernels, ours-cap")
+                         "free), ours, ours-round1, ours-rows, ours-warmup, ours-rows-warmup, ours-nokernels, "
+                         "ours-adamw, ours-cap")
     ap.add_argument("--cap-steps", type=int, default=0, help="steps of ours-cap (default --steps)")
     ap.add_argument("--profile", default=None, help="folder for torch.profiler tables of one step each")
     ap.add_argument("--out", default=None, help="write all numbers as JSON here")

@@ -40,19 +40,21 @@ def test_bench_runs_on_cpu_with_a_tiny_model(tmp_path):
 
 @pytest.mark.slow
 def test_bench_three_way_on_cpu_same_first_loss(tmp_path):
-    """--only peer,ours,tuned,ours-rows: the standard recipe, ours and the tuned peer (padding-free
+    """--only peer,ours,tuned,ours-rows,ours-adamw: the standard recipe, ours and the tuned peer (padding-free
     DataCollatorWithFlattening batches, the model's own loss) see the same steps; step 1's loss is the base model's
     for all of them, every step is timed (--warmup 0), and the table names both ratios."""
     out = tmp_path / "three.json"
     cmd = [sys.executable, str(ROOT / "scripts/bench/train_throughput.py"), "--tiny", "--steps", "2", "--warmup", "0",
-           "--limit", "24", "--per-step", "8", "--micro", "4", "--only", "peer,ours,tuned,ours-rows", "--out", str(out)]
+           "--limit", "24", "--per-step", "8", "--micro", "4", "--only", "peer,ours,tuned,ours-rows,ours-adamw", "--out", str(out)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", KIT_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "x tuned" in proc.stdout
     data = json.loads(out.read_text())
     by = {r["trainer"]: r for r in data["results"]}
-    assert list(by) == ["peer", "ours", "tuned", "ours-rows"]
+    assert list(by) == ["peer", "ours", "tuned", "ours-rows", "ours-adamw"]
+    # ours-adamw builds its optimizer through pipeline/train/optim.py from the recipe with train.optimizer=adamw
+    assert by["ours-adamw"]["optimizer"] == "AdamW"
     from pipeline.data.packing import packing_unsupported
 
     # The tuned peer feeds flattened rows (position_ids restarting per sequence) to SDPA; where this stack does not
