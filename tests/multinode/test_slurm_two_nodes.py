@@ -127,8 +127,8 @@ def test_a_node_that_cannot_reach_node_0_fails_within_the_wait_naming_address_an
         state, took, log = _job(nodes, cluster, tmp_path, args, timeout_s=150, KIT_RDZV_PORT="29623",
                                 KIT_RDZV_HOST=f"{nodes.host(0)}-data", KIT_RDZV_WAIT="15")
     finally:
-        route[5] = "del"
-        subprocess.run(route, timeout=30)
+        route[4] = "del"  # ip -n NS route del prohibit ADDR
+        subprocess.run(route, check=True, timeout=30)
     assert state == "FAILED" and took < 100, (state, took, log[-3000:])
     expected = (f"node {nodes.host(1)} cannot reach the rendezvous on node 0 at {nodes.host(0)}-data:29623 "
                 f"(address {data_address}) within 15 s (KIT_RDZV_WAIT)")
