@@ -160,26 +160,27 @@ def _loss_and_grads(model, run) -> tuple[float, dict[str, torch.Tensor]]:
     return float(loss), grads
 
 
-def test_one_step_same_loss_and_gradients_padded_packed_and_hf(tiny_model_dir):
+def _lora_step(tiny_model_dir):
+    """The tiny model (fp32, SDPA) with LoRA whose B is non-zero (so every LoRA matrix gets a gradient), one step's
+    12 answer-labelled examples, and the peer: the model's own loss over 3 micro-batches of 4, normalized by the
+    step's answer tokens. Returns (base, model, examples, peer)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from pipeline.data.batching import collate
-    from pipeline.train.step import AnswerPositionLoss, accumulate
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
                                             target_modules=["q_proj", "v_proj", "gate_proj"]))
-    with torch.no_grad():  # non-zero B, so every LoRA matrix gets a gradient
+    with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    ex = _examples([random.Random(3).randrange(8, 60) for _ in range(12)], vocab=500)
+    ex = _examples([random.Random(3).randrange(8, 60) for _ in range(12)])
     answers = sum(sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in ex)
-    cpu, module = torch.device("cpu"), AnswerPositionLoss(model)
 
-    def hf():  # the peer: the model's own loss, 3 micro-batches of 4, normalized by the step's answer tokens
+    def hf() -> float:
         total = 0.0
         for s in range(0, 12, 4):
             out = model(**collate(ex[s:s + 4], 0), num_items_in_batch=answers)
@@ -187,6 +188,14 @@ def test_one_step_same_loss_and_gradients_padded_packed_and_hf(tiny_model_dir):
             total += float(out.loss.detach())
         return total
 
+    return base, model, ex, hf
+
+
+def test_one_step_same_loss_and_gradients_padded_packed_and_hf(tiny_model_dir):
+    from pipeline.train.step import AnswerPositionLoss, accumulate
+
+    _, model, ex, hf = _lora_step(tiny_model_dir)
+    cpu, module = torch.device("cpu"), AnswerPositionLoss(model)
     from pipeline.data.packing import packing_unsupported
 
     ref_loss, ref_grads = _loss_and_grads(model, hf)

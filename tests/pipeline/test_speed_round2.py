@@ -12,9 +12,8 @@ import torch
 
 from pipeline.core.config import RecipeError, load_recipe
 from pipeline.data.packing import balanced_rows, plan_step, round_up
-from pipeline.data.prompts import IGNORE_INDEX
 
-from .test_speed import _examples  # one builder of answer-labelled examples
+from .test_speed import _examples, _lora_step, _loss_and_grads  # one builder of each
 
 
 def _medqa_like(n: int, seed: int) -> list[int]:
@@ -91,42 +90,16 @@ def test_round_up():
 
 
 def test_one_step_same_loss_and_gradients_rows_and_varlen_as_hf(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from pipeline.data.batching import collate
     from pipeline.data.packing import packing_unsupported
     from pipeline.model.varlen import set_attention, use_varlen
     from pipeline.train.step import AnswerPositionLoss, accumulate
 
     if packing_unsupported("sdpa") is not None:
         pytest.skip(packing_unsupported("sdpa"))
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                            target_modules=["q_proj", "v_proj", "gate_proj"]))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    ex = _examples([random.Random(3).randrange(8, 60) for _ in range(12)])
-    answers = sum(sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in ex)
+    base, model, ex, hf = _lora_step(tiny_model_dir)
     cpu, module = torch.device("cpu"), AnswerPositionLoss(model)
 
-    def run(fn):
-        model.zero_grad(set_to_none=True)
-        loss = fn()
-        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    def hf():
-        total = 0.0
-        for s in range(0, 12, 4):
-            out = model(**collate(ex[s:s + 4], 0), num_items_in_batch=answers)
-            out.loss.backward()
-            total += float(out.loss.detach())
-        return total
-
-    ref_loss, ref_grads = run(hf)
+    ref_loss, ref_grads = _loss_and_grads(model, hf)
     cuts = [dict(token_budget=128, packing=True, row_width=128, balance=True, round_to=16),
             dict(token_budget=4096, packing=True, row_width=128, balance=True, round_to=32),
             dict(token_budget=128, packing=True, varlen=True), dict(token_budget=4096, packing=True, varlen=True),
@@ -136,12 +109,12 @@ def test_one_step_same_loss_and_gradients_rows_and_varlen_as_hf(tiny_model_dir):
         if cut.get("varlen") and previous is None:
             previous = use_varlen(model)  # the CPU reference of varlen attention: one causal SDPA per sequence
         step = plan_step(ex, 0, **cut)
-        loss, grads = run(lambda step=step: accumulate(module, step, cpu))
+        loss, grads = _loss_and_grads(model, lambda step=step: accumulate(module, step, cpu))
         assert loss == pytest.approx(ref_loss, rel=1e-5), cut
         for n in ref_grads:
             torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-6, msg=f"{n} {cut}")
     # With varlen attention set, a padded batch (evaluation after training) still gets its padding mask.
-    loss, _ = run(hf)
+    loss, _ = _loss_and_grads(model, hf)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     set_attention(base, previous)
 
