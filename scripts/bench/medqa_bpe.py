@@ -7,8 +7,8 @@ and gives 1.34 (193). Special tokens come first, as in ``pipeline.model.tiny``'s
 the ids the random models' configs name (pad, bos, eos) mean the same tokens.
 
 As a script it saves a random-weight model whose tokenizer is this BPE, for timing ``python -m pipeline evaluate``
-at MedQA lengths a real LLaMA tokenizer gives (``random:llama2-7b`` itself ships the toy BPE of
-``pipeline.model.tiny``: 584 tokens a prompt, 3x longer):
+at the training bench's MedQA lengths (``random:llama2-7b`` itself ships the toy BPE of ``pipeline.model.tiny``:
+584 tokens a prompt against this BPE's 257 at vocab 3000; LLaMA's own tokenizer was not available to count):
 
     python scripts/bench/medqa_bpe.py --spec random:llama2-7b --data tests/data/medqa/us5_test.jsonl \
         --vocab 3000 --out /tmp/llama2-7b-medqa-bpe      # prints the folder; pass it to evaluate --model

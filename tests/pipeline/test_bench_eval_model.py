@@ -1,6 +1,6 @@
 """The random model the evaluation benchmark times (scripts/bench/medqa_bpe.py): LLaMA-shaped random weights from
-``pipeline.model.tiny.build_random_model`` with the training bench's MedQA BPE, so MedQA prompts have the lengths a
-real LLaMA tokenizer gives (~257 tokens, not the toy BPE's ~584), marked RANDOM_WEIGHTS; and
+``pipeline.model.tiny.build_random_model`` with the training bench's MedQA BPE, so MedQA prompts have the training bench's lengths (~257 tokens, not the toy
+BPE's ~584), marked RANDOM_WEIGHTS; and
 scripts/gpu/speed_round2.sh's eval group on CPU, which builds it and times the command's defaults on it."""
 
 from __future__ import annotations
