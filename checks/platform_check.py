@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from checks import access  # device-node paths (access.DEV, which tests point at a fake /dev)
+from checks.access import gpu_expected
 from checks.build_info import STACK_ARCH_KEYS, build_info_path, image_build_info, normalize_arch
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
 from checks.gpu import gpu_skip_reason, probe
@@ -187,22 +188,6 @@ def compare_cuda_driver(driver: tuple[int, int], runtime: str) -> tuple[str, str
         return WARN, (f"driver supports CUDA {driver[0]}.{driver[1]} < runtime {runtime}: runs under minor version "
                       "compatibility, but PTX-only kernels will not JIT")
     return FAIL, f"driver supports CUDA {driver[0]}.{driver[1]} only; torch needs CUDA {runtime}"
-
-
-def gpu_expected(ctx: Context) -> list[str]:
-    """Why this host should have a usable GPU (empty: a CPU machine, where no GPU is a warning, not a failure).
-
-    A CUDA build of torch alone is no evidence: PyPI's default torch is one, on laptops and CI machines too."""
-    reasons = []
-    if ctx.require_gpu:
-        reasons.append("--require-gpu was given")
-    info, _ = image_build_info(ctx)
-    if info is not None:
-        reasons.append(f"the image ({info.path}) was built for {info.vendor}")
-    nodes = [str(access.DEV / n) for n in ("kfd", "nvidiactl") if (access.DEV / n).exists()]
-    if nodes:
-        reasons.append(f"GPU device nodes exist ({', '.join(nodes)})")
-    return reasons
 
 
 @check("platform.driver")

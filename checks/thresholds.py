@@ -70,6 +70,8 @@ SHM_WARN_BELOW = 8 * GIB
 # checkpoints beside it.
 DISK_FAIL_BELOW = 20 * GIB
 DISK_WARN_BELOW = 50 * GIB
+# A CPU machine runs only the CPU demo: its model is embedded (nothing downloaded) and a run writes a few MB.
+DISK_CPU_FAIL_BELOW = 1 * GIB
 
 # --- pipeline -------------------------------------------------------------------------------------------------
 PIPELINE_STEPS = 2

@@ -147,12 +147,32 @@ def test_shm_real_measurement_is_positive():
 
 
 @pytest.mark.parametrize("free, status", [(5 * T.GIB, FAIL), (30 * T.GIB, WARN), (200 * T.GIB, PASS)])
-def test_disk_thresholds_measure_the_nearest_existing_folder(monkeypatch, tmp_path, free, status):
+def test_disk_thresholds_on_a_gpu_node_measure_the_nearest_existing_folder(monkeypatch, tmp_path, free, status):
     seen = []
     monkeypatch.setattr(access, "free_bytes", lambda path: seen.append(path) or free)
-    res = access.disk(make_ctx(env={"HF_HOME": str(tmp_path / "hf" / "cache")}))
+    res = access.disk(make_ctx("cuda", (H200,), env={"HF_HOME": str(tmp_path / "hf" / "cache")}))
     assert res.status == status and seen == [tmp_path]
     assert "not created yet" in res.detail
+
+
+@pytest.mark.parametrize("free, status, says", [
+    (512 * 1024**2, FAIL, "below 1.0 GiB"),
+    (15 * T.GIB, WARN, "enough for the CPU demo"),  # what a CI machine had: it failed the 7B threshold before
+    (30 * T.GIB, WARN, "below 50.0 GiB"),
+    (200 * T.GIB, PASS, ""),
+])
+def test_disk_on_a_cpu_machine_asks_only_what_the_cpu_demo_needs(monkeypatch, tmp_path, free, status, says):
+    monkeypatch.setattr(access, "free_bytes", lambda path: free)
+    res = access.disk(make_ctx(env={"HF_HOME": str(tmp_path)}))
+    assert res.status == status and says in res.detail
+
+
+def test_disk_keeps_the_7b_threshold_where_a_gpu_is_expected(monkeypatch, tmp_path, fake_dev):
+    monkeypatch.setattr(access, "free_bytes", lambda path: 15 * T.GIB)
+    assert access.disk(make_ctx(env={"HF_HOME": str(tmp_path)}, require_gpu=True)).status == FAIL
+    (fake_dev / "nvidiactl").write_text("")  # a GPU node whose container was started without the GPUs
+    res = access.disk(make_ctx(env={"HF_HOME": str(tmp_path)}))
+    assert res.status == FAIL and "below 20.0 GiB" in res.detail
 
 
 def test_cache_dir_precedence(tmp_path):
