@@ -11,7 +11,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Optional
 
-from checks import access  # device-node paths (access.DEV, which tests point at a fake /dev)
 from checks.access import gpu_expected
 from checks.build_info import STACK_ARCH_KEYS, build_info_path, image_build_info, normalize_arch
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
