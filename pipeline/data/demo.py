@@ -73,11 +73,17 @@ PATHOGEN_TREATMENTS: list[tuple[str, str]] = [
 ]
 TRAINED_PATHOGENS = 10
 
+# Each trained fact is asked once per template, in different words each time: a question text repeated with other
+# options is what the kit's own loader warns about (a likely merge mistake), and the demo must load without warnings.
 TRAIN_DRUG_TEMPLATES = [
     "Which drug class does {drug} belong to?",
     "{Drug} is a member of which class of medications?",
     "A patient is started on {drug}. To which pharmacological class does this drug belong?",
     "What is the drug class of {drug}?",
+    "To which class of drugs does {drug} belong?",
+    "Which class of medication includes {drug}?",
+    "A clinician prescribes {drug}. What class of drug is this?",
+    "{Drug} belongs to which group of medications?",
 ]
 TEST_DRUG_TEMPLATES = [
     "A 62-year-old man's medication list includes {drug}. Which of the following best describes this medication?",
@@ -88,6 +94,9 @@ TRAIN_PATHOGEN_TEMPLATES = [
     "What is the first-line treatment for an infection with {pathogen}?",
     "An infection caused by {pathogen} is best treated first with which of the following?",
     "Which drug is the first-line therapy for {pathogen} infection?",
+    "Which regimen is first-line for {pathogen}?",
+    "What should be given first for an infection with {pathogen}?",
+    "The first-choice treatment for {pathogen} infection is which of the following?",
 ]
 TEST_PATHOGEN_TEMPLATES = [
     "A patient is diagnosed with an infection due to {pathogen}. Which of the following is the most appropriate "
@@ -96,8 +105,6 @@ TEST_PATHOGEN_TEMPLATES = [
     "first-line treatment?",
 ]
 LETTERS = "ABCD"
-DRUG_VARIANTS_PER_TEMPLATE = 2  # each trained (drug, template) appears with two option sets/orders
-PATHOGEN_VARIANTS_PER_TEMPLATE = 2
 
 
 def _fill(template: str, **names: str) -> str:
@@ -152,12 +159,10 @@ def demo_rows(seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     train_rows = []
     for drug, cls in train_drugs:
         for template in TRAIN_DRUG_TEMPLATES:
-            for _ in range(DRUG_VARIANTS_PER_TEMPLATE):
-                train_rows.append(train.row(_fill(template, drug=drug), cls, classes, "drug-class"))
+            train_rows.append(train.row(_fill(template, drug=drug), cls, classes, "drug-class"))
     for pathogen, treatment in train_pathogens:
         for template in TRAIN_PATHOGEN_TEMPLATES:
-            for _ in range(PATHOGEN_VARIANTS_PER_TEMPLATE):
-                train_rows.append(train.row(_fill(template, pathogen=pathogen), treatment, treatments, "pathogen"))
+            train_rows.append(train.row(_fill(template, pathogen=pathogen), treatment, treatments, "pathogen"))
     train.rng.shuffle(train_rows)
 
     trained_options = frozenset(tuple(row["options"].values()) for row in train_rows)

@@ -15,7 +15,7 @@ from pipeline.data.demo import (
     TRAINED_PATHOGENS,
     write_demo_data,
 )
-from pipeline.data.questions import find_overlap, load_questions
+from pipeline.data.questions import find_overlap, load_questions, read_questions
 
 
 def template_pattern(template: str) -> re.Pattern:
@@ -39,6 +39,13 @@ def test_files_are_valid_medqa_and_sized_for_a_cpu_demo(demo_data_paths):
     assert Counter(q.meta_info for q in test) == {
         "drug-class": 60, "drug-class-heldout": 30, "pathogen": 10, "pathogen-heldout": 16,
     }
+
+
+def test_demo_files_load_without_a_warning(demo_data_paths):
+    """The demo is the user's first run: the kit's own loader must find nothing to warn about in its own data (a
+    question text repeated with other options was 270 warnings once)."""
+    for path in demo_data_paths:
+        assert read_questions(path).warnings == [], path
 
 
 def test_answers_follow_the_tables(demo_data_paths):
