@@ -70,7 +70,7 @@ def worker(rank: int, world: int, init_method: str, backend: str, device_type: s
         if dist.is_initialized():
             from pipeline.core.compat import let_collective_threads_finish
 
-            let_collective_threads_finish(torch.__version__)  # torch < 2.8 could hang here (see its docstring)
+            let_collective_threads_finish()  # else a hang (torch < 2.8) or an abort at exit (see its docstring)
             dist.destroy_process_group()
         # Whole or absent: the parent reads every rank's file after a deadline, and may kill a rank mid-write.
         atomic.write_text(Path(out_dir) / f"rank{rank}.json", json.dumps(result))

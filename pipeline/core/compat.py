@@ -103,24 +103,25 @@ def returned_cache(out: Any) -> tuple[str, Any] | None:
     return None
 
 
-# torch 2.8 released the GIL in the process group's destructor (pytorch/pytorch#154976); before it, the destructor
-# joins the Gloo worker threads while holding the GIL.
-_PG_DESTRUCTOR_HOLDS_GIL_BEFORE = (2, 8)
+def let_collective_threads_finish() -> None:
+    """Before ``destroy_process_group``: let the backend's worker threads finish with the GIL free.
 
+    A Gloo worker thread drops a finished collective's tensors (``all_gather_object``'s, for example) a moment after
+    the caller saw the collective complete, and dropping their Python objects needs the GIL. If the main thread
+    does not give it up in that moment, two things go wrong, both seen on the CPU with two ranks after a sharded
+    evaluation, the result already written:
 
-def let_collective_threads_finish(torch_version: str) -> None:
-    """Before ``destroy_process_group`` on torch < 2.8: let the backend's worker threads finish with the GIL free.
+    * torch < 2.8 (the images' 2.3): the process group's destructor joins the worker threads while holding the
+      GIL: both wait forever (pytorch/pytorch#154976 fixed the destructor in 2.8);
+    * torch 2.13 with Python 3.11: the process exits first, and a worker asking for the GIL during interpreter
+      shutdown is ended by CPython with ``pthread_exit`` inside a ``noexcept`` C++ frame: the rank aborts
+      ("terminate called without an active exception", SIGABRT; a core dump showed the worker in
+      ``THPVariable_dealloc`` -> ``gil_scoped_acquire`` -> ``PyThread_exit_thread``): 3 of 40 runs of the
+      two-rank sharded-evaluation test (tests/pipeline/test_ddp.py) without the pause, 0 of 40 with it.
 
-    On torch 2.3/2.4 (the images) the process group's destructor joins its worker threads while holding the GIL,
-    and a worker that is still freeing a finished collective's tensors (``all_gather_object``'s, for example) needs
-    the GIL to drop their Python objects: both wait forever. Seen on the CPU (gloo) with two ranks after a
-    sharded evaluation: the result written, then a hang at exit in ``~ProcessGroupGloo``. Every collective the
-    kit makes is synchronous, so those frees are already due; sleeping releases the GIL long enough for them.
-    Delete when the images run torch >= 2.8.
+    Every collective the kit makes is synchronous, so those frees are already due; sleeping releases the GIL long
+    enough for them. Costs half a second per distributed run.
     """
-    import re
     import time
 
-    found = re.match(r"(\d+)\.(\d+)", torch_version)
-    if found is None or (int(found[1]), int(found[2])) < _PG_DESTRUCTOR_HOLDS_GIL_BEFORE:
-        time.sleep(0.5)
+    time.sleep(0.5)

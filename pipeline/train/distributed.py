@@ -177,7 +177,7 @@ def shutdown(dist: Dist) -> None:
     Not after lost ranks: destroying a group whose peers are gone can block (NCCL), and the process exits anyway.
     """
     if dist.enabled and not dist.lost and torch.distributed.is_initialized():
-        let_collective_threads_finish(torch.__version__)
+        let_collective_threads_finish()
         torch.distributed.destroy_process_group()
 
 

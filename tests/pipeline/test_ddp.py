@@ -138,7 +138,8 @@ def test_sharded_evaluation_equals_one_process(tiny_model_dir, tiny_model, tiny_
     """2 ranks (9 questions: shares of 5 and 4), gathered on rank 0: the same predictions as one process.
 
     On torch 2.3.1 (the images' stack) this hung after writing the result: the process group's destructor held the
-    GIL while a gloo thread needed it (pipeline.core.compat.let_collective_threads_finish, called by shutdown, is the fix).
+    GIL while a gloo thread needed it; on torch 2.13 a rank aborted at exit 1 run in 10 for the same reason
+    (pipeline.core.compat.let_collective_threads_finish, called by shutdown, is the fix).
     """
     from pipeline.data.questions import load_questions
     from pipeline.evaluate.scoring import evaluate

@@ -156,15 +156,20 @@ def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
     assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.uint8
 
 
-@pytest.mark.parametrize("version,sleeps", [("2.3.1+cu121", True), ("2.4.1+rocm6.1", True), ("2.7.1", True),
-                                            ("2.8.0", False), ("2.11.0a0+git1234", False), ("3.0.0", False)])
-def test_shutdown_waits_for_collective_threads_only_where_torch_needs_it(monkeypatch, version, sleeps):
-    """torch < 2.8 destroys a process group holding the GIL (the hang seen on torch 2.3): give its threads time."""
+def test_shutdown_lets_collective_threads_finish_before_destroying_the_group(monkeypatch):
+    """A Gloo worker still dropping the last collective's tensors needs the GIL: torch < 2.8 hung in the group's
+    destructor, torch 2.13 aborted at interpreter exit (1 run in 10 of the two-rank sharded evaluation). shutdown
+    must give up the GIL (sleep) before destroy_process_group; after lost ranks it must not touch the group."""
     import time
 
-    from pipeline.core.compat import let_collective_threads_finish
+    from pipeline.train import distributed
 
-    slept = []
-    monkeypatch.setattr(time, "sleep", slept.append)
-    let_collective_threads_finish(version)
-    assert bool(slept) is sleeps
+    calls = []
+    monkeypatch.setattr(time, "sleep", lambda seconds: calls.append(("sleep", seconds)))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append(("destroy",)))
+    distributed.shutdown(distributed.Dist(rank=1, world_size=2, backend="gloo", enabled=True))
+    assert calls == [("sleep", 0.5), ("destroy",)]
+    calls.clear()
+    distributed.shutdown(distributed.Dist(rank=1, world_size=2, backend="gloo", enabled=True, lost=True))
+    assert calls == []
