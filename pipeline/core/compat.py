@@ -120,7 +120,9 @@ def let_collective_threads_finish() -> None:
       two-rank sharded-evaluation test (tests/pipeline/test_ddp.py) without the pause, 0 of 40 with it.
 
     Every collective the kit makes is synchronous, so those frees are already due; sleeping releases the GIL long
-    enough for them. Costs half a second per distributed run.
+    enough for them. Costs half a second per distributed run. Delete when every stack runs torch >= 2.8 and
+    Python >= 3.14 (CPython gh-87135: a thread asking for the GIL during shutdown then blocks until the process
+    exits instead of being unwound); the images run torch 2.3 on Python 3.10.
     """
     import time
 
