@@ -96,6 +96,11 @@ def gpu_expected(ctx: Context) -> list[str]:
     return reasons
 
 
+def cpu_machine(ctx: Context) -> bool:
+    """No usable GPU here and none expected: the CPU demo is the only job (GPU rows skip, a small disk will do)."""
+    return gpu_skip_reason(ctx) is not None and not gpu_expected(ctx)
+
+
 def _no_gpu_expected(ctx: Context) -> bool:
     return not probe(ctx).devices
 
@@ -249,9 +254,9 @@ def disk(ctx: Context) -> Result:
     detail = f"{path}" + ("" if existing == path else f" (not created yet; measured on {existing})")
     data = {"free_bytes": free, "path": str(path)}
     hint = "free space there or point HF_HOME at a larger volume (mount it into the container)"
-    # A CPU machine (no GPU here and none expected) can only run the CPU demo, whose model is embedded: nothing is
-    # downloaded, so the 7B thresholds would fail a machine that runs its only job fine.
-    cpu_only = gpu_skip_reason(ctx) is not None and not gpu_expected(ctx)
+    # A CPU machine can only run the CPU demo, whose model is embedded: nothing is downloaded, so the 7B thresholds
+    # would fail a machine that runs its only job fine.
+    cpu_only = cpu_machine(ctx)
     fail_below = T.DISK_CPU_FAIL_BELOW if cpu_only else T.DISK_FAIL_BELOW
     if free < fail_below:
         return Result("access.disk", FAIL, f"{_gib(free)} free", detail + f"; below {_gib(fail_below)}",

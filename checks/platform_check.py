@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Optional
 
-from checks.access import gpu_expected
+from checks.access import cpu_machine, gpu_expected
 from checks.build_info import STACK_ARCH_KEYS, build_info_path, image_build_info, normalize_arch
 from checks.core import FAIL, PASS, SKIP, WARN, Context, Result, check
 from checks.gpu import gpu_skip_reason, probe
@@ -193,9 +193,8 @@ def compare_cuda_driver(driver: tuple[int, int], runtime: str) -> tuple[str, str
 def driver(ctx: Context) -> Result:
     """The kernel driver's version, and (CUDA) whether it supports torch's CUDA runtime."""
     p = probe(ctx)
-    reason = gpu_skip_reason(ctx)
-    if reason is not None and not gpu_expected(ctx):
-        return Result("platform.driver", SKIP, "", reason)
+    if cpu_machine(ctx):
+        return Result("platform.driver", SKIP, "", gpu_skip_reason(ctx))
     if p.backend == "cuda":
         version = _nvidia_driver_version()
         api = _cuda_driver_api_version()

@@ -158,7 +158,7 @@ def test_fsdp_stores_4bit_weights_in_the_compute_dtype():
 
 def test_shutdown_lets_collective_threads_finish_before_destroying_the_group(monkeypatch):
     """A Gloo worker still dropping the last collective's tensors needs the GIL: torch < 2.8 hung in the group's
-    destructor, torch 2.13 aborted at interpreter exit (1 run in 10 of the two-rank sharded evaluation). shutdown
+    destructor, torch 2.13 aborted at interpreter exit (3 of 40 runs of the two-rank sharded evaluation). shutdown
     must give up the GIL (sleep) before destroy_process_group; after lost ranks it must not touch the group."""
     import time
 
